@@ -1,0 +1,444 @@
+/*
+ * arena.c — where pools come from: arenas, their order, their reserve, and the arena map.
+ *
+ * An arena is PM_ARENA_SIZE bytes from the arena allocator (mmap by default), cut into
+ * pools on demand: pools [0, carved) have been handed out at least once, the rest have never
+ * been touched. Empty pools come back on the arena's free_pools list.
+ *
+ * Order: "take from the busiest arena". Arenas that are partly used sit in buckets by their
+ * number of free pools, with a bitmap of non-empty buckets:
+ *
+ *   bucket[1] -> A -> B      bitmap ...0110      take: lowest set bit -> bucket[1] -> A
+ *   bucket[2] -> C           return a pool to A: A moves from bucket[1] to bucket[2]
+ *
+ * so every pool taken or returned costs O(1) list operations and one find-first-set over at
+ * most four words, never a scan of arenas. Drawing from the fullest arena lets the emptiest
+ * ones drain and go back to the OS. (CPython keeps one sorted list plus an index of the last
+ * arena per free count; buckets give the same order with less to explain.) Full arenas sit
+ * in no bucket; wholly free arenas either go back to the OS or into the reserve.
+ *
+ * The reserve. Releasing every arena the moment it empties makes a program that frees
+ * everything and allocates again pay for munmap, mmap and a page fault per page each round;
+ * keeping every arena never returns memory. We keep wholly free arenas mapped up to a byte
+ * limit (default 1 MiB = 4 arenas) and release the rest at once; the reserve is used only
+ * when no partly used arena has a free pool. Measurements behind the default are in README
+ * ("Arena reserve").
+ *
+ * The arena map answers "is p in one of our pools?" for any pointer without touching p's
+ * memory (alloc/internal/pymalloc.h has the encoding). It is a two-level radix tree over the
+ * 48-bit address space: a static root of leaf pointers (virtual memory only until used) and
+ * leaves of one 64-bit word per arena-sized chunk, mmap'd on demand and never freed. Writers
+ * hold the GIL (later the arena lock); readers may run anywhere, so leaf pointers and entries
+ * are published with atomics, and an arena's entries are cleared before its memory is given
+ * back, so a pointer the OS later hands to someone else is never taken for ours.
+ *
+ * Descriptors live apart from arenas, in mmap'd slabs that are never freed, so a pool's
+ * `arena` pointer and a reader's view of a descriptor stay valid after the arena is gone.
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "alloc/internal/pymalloc.h"
+
+pm_pymalloc_counters pm_counters;
+pm_map_leaf *pm_map_root[PM_MAP_ROOT_LENGTH];
+
+/* ---- the default arena allocator: mmap / munmap -------------------------------------- */
+
+static void *map_anonymous(size_t size) {
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+/* An arena aligned to its own size loses no pool to alignment (with 16 KiB pools in a
+ * 256 KiB arena an unaligned one loses 1 pool in 16). Linux places each new mapping just
+ * below the previous one, so once one arena is aligned the next usually is too and the
+ * plain mmap succeeds; otherwise map twice the size and trim both ends. */
+static void *mmap_arena_alloc(void *ctx, size_t size) {
+    (void)ctx;
+    char *p = map_anonymous(size);
+    if (p == NULL || ((uintptr_t)p & (size - 1)) == 0) return p;
+    munmap(p, size);
+    char *wide = map_anonymous(2 * size);
+    if (wide == NULL) return NULL;
+    char *aligned = (char *)(((uintptr_t)wide + size - 1) & ~(uintptr_t)(size - 1));
+    if (aligned > wide) munmap(wide, (size_t)(aligned - wide));
+    char *end = wide + 2 * size;
+    if (end > aligned + size) munmap(aligned + size, (size_t)(end - (aligned + size)));
+    return aligned;
+}
+
+static void mmap_arena_free(void *ctx, void *ptr, size_t size) {
+    (void)ctx;
+    munmap(ptr, size);
+}
+
+static pm_arena_allocator arena_allocator = {
+    .ctx = NULL,
+    .alloc = mmap_arena_alloc,
+    .free = mmap_arena_free,
+};
+
+int pm_get_arena_allocator(pm_arena_allocator *out) {
+    if (out == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    *out = arena_allocator;
+    return 0;
+}
+
+int pm_set_arena_allocator(const pm_arena_allocator *in) {
+    if (in == NULL || in->alloc == NULL || in->free == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    arena_allocator = *in;
+    return 0;
+}
+
+size_t pm_arena_size(void) {
+    return PM_ARENA_SIZE;
+}
+
+/* ---- descriptors --------------------------------------------------------------------- */
+
+enum { DESCRIPTOR_SLAB_BYTES = 64 * 1024 };
+
+static pm_arena *unused_descriptors;  /* linked through next */
+static pm_arena *all_descriptors;     /* linked through all_next; never shrinks */
+
+static pm_arena *descriptor_get(void) {
+    if (unused_descriptors == NULL) {
+        pm_arena *slab = map_anonymous(DESCRIPTOR_SLAB_BYTES);
+        if (slab == NULL) return NULL;
+        size_t count = DESCRIPTOR_SLAB_BYTES / sizeof(pm_arena);
+        for (size_t i = 0; i < count; i++) {
+            slab[i].next = unused_descriptors;
+            unused_descriptors = &slab[i];
+            slab[i].all_next = all_descriptors;
+            all_descriptors = &slab[i];
+        }
+    }
+    pm_arena *arena = unused_descriptors;
+    unused_descriptors = arena->next;
+    return arena;
+}
+
+static void descriptor_put(pm_arena *arena) {
+    arena->address = 0;
+    arena->next = unused_descriptors;
+    unused_descriptors = arena;
+}
+
+/* ---- the arena map ------------------------------------------------------------------- */
+
+static uint64_t *map_entry(uintptr_t address, bool create) {
+    uintptr_t key = address >> PM_ARENA_BITS;
+    uintptr_t root_index = key >> PM_MAP_LEAF_BITS;
+    if (root_index >= PM_MAP_ROOT_LENGTH) return NULL;
+    pm_map_leaf *leaf = pm_atomic_load_ptr_acquire(&pm_map_root[root_index]);
+    if (leaf == NULL) {
+        if (!create) return NULL;
+        leaf = map_anonymous(sizeof(pm_map_leaf)); /* zero-filled: owns nothing */
+        if (leaf == NULL) return NULL;
+        pm_atomic_store_ptr_release(&pm_map_root[root_index], leaf);
+        pm_counters.map_leaf_nodes++;
+    }
+    return &leaf->chunk[key & (PM_MAP_LEAF_LENGTH - 1)];
+}
+
+static void map_set_low_end(uint64_t *entry, uint64_t low_end) {
+    uint64_t old = pm_atomic_load_u64_relaxed(entry);
+    pm_atomic_store_u64_relaxed(entry, (old & ~(uint64_t)0xFFFFFFFF) | low_end);
+}
+
+static void map_set_high_span(uint64_t *entry, uint64_t high_span) {
+    uint64_t old = pm_atomic_load_u64_relaxed(entry);
+    pm_atomic_store_u64_relaxed(entry, (old & 0xFFFFFFFF) | (high_span << 32));
+}
+
+/* Marks [lo, hi) ours (mark) or no longer ours (!mark). hi - lo <= PM_ARENA_SIZE, so the
+ * range touches at most two chunks: the one lo is in and, if lo is not at a chunk start,
+ * the next one. Returns false only when mark needs a leaf and none can be mapped (or the
+ * range lies above the 48-bit address space); nothing is changed then. */
+static bool map_update(uintptr_t lo, uintptr_t hi, bool mark) {
+    uintptr_t chunk_base = lo & ~(uintptr_t)(PM_ARENA_SIZE - 1);
+    uintptr_t next_base = chunk_base + PM_ARENA_SIZE;
+    uint64_t *first = map_entry(lo, mark);
+    uint64_t *second = NULL;
+    if (lo != chunk_base && hi > next_base) {
+        second = map_entry(next_base, mark);
+        if (second == NULL && mark) return false;
+    }
+    if (first == NULL) return !mark;
+    if (lo == chunk_base) {
+        map_set_low_end(first, mark ? hi - chunk_base : 0);
+    } else {
+        map_set_high_span(first, mark ? PM_ARENA_SIZE - (lo - chunk_base) : 0);
+        if (second != NULL) map_set_low_end(second, mark ? hi - next_base : 0);
+    }
+    return true;
+}
+
+static uintptr_t arena_pools_end(const pm_arena *arena) {
+    return (uintptr_t)arena->first_pool + (uintptr_t)arena->total_pools * PM_POOL_SIZE;
+}
+
+/* ---- buckets and reserve ------------------------------------------------------------- */
+
+#define BITMAP_WORDS ((PM_POOLS_PER_ARENA + 64) / 64)
+
+static pm_arena *buckets[PM_POOLS_PER_ARENA + 1];
+static uint64_t bucket_bitmap[BITMAP_WORDS];
+
+static pm_arena *reserve;        /* wholly free arenas kept mapped, linked through next */
+static size_t reserve_count;
+static size_t reserve_limit_bytes = (size_t)1 << 20;
+
+static void bucket_insert(pm_arena *arena, uint32_t k) {
+    arena->prev = NULL;
+    arena->next = buckets[k];
+    if (buckets[k] != NULL) buckets[k]->prev = arena;
+    buckets[k] = arena;
+    bucket_bitmap[k / 64] |= (uint64_t)1 << (k % 64);
+}
+
+static void bucket_remove(pm_arena *arena, uint32_t k) {
+    if (arena->prev != NULL) arena->prev->next = arena->next;
+    else buckets[k] = arena->next;
+    if (arena->next != NULL) arena->next->prev = arena->prev;
+    if (buckets[k] == NULL) bucket_bitmap[k / 64] &= ~((uint64_t)1 << (k % 64));
+}
+
+static bool in_a_bucket(const pm_arena *arena, uint32_t free_count) {
+    return free_count > 0 && free_count < arena->total_pools;
+}
+
+static void set_free_count(pm_arena *arena, uint32_t free_count) {
+    if (in_a_bucket(arena, arena->free_count)) bucket_remove(arena, arena->free_count);
+    arena->free_count = free_count;
+    if (in_a_bucket(arena, free_count)) bucket_insert(arena, free_count);
+}
+
+static pm_arena *busiest_arena_with_room(void) {
+    for (size_t w = 0; w < BITMAP_WORDS; w++) {
+        if (bucket_bitmap[w] != 0) return buckets[w * 64 + (size_t)__builtin_ctzll(bucket_bitmap[w])];
+    }
+    return NULL;
+}
+
+/* ---- arenas in and out --------------------------------------------------------------- */
+
+static pm_arena *new_arena(void) {
+    if (pm_stats_on_new_arena) pm_stats_print_on_new_arena();
+    pm_arena *arena = descriptor_get();
+    if (arena == NULL) return NULL;
+    pm_arena_allocator allocator = arena_allocator;
+    void *memory = allocator.alloc(allocator.ctx, PM_ARENA_SIZE);
+    if (memory == NULL) {
+        descriptor_put(arena);
+        return NULL;
+    }
+    uintptr_t address = (uintptr_t)memory;
+    uintptr_t first = (address + PM_POOL_MASK) & ~(uintptr_t)PM_POOL_MASK;
+    uint32_t total = (uint32_t)((address + PM_ARENA_SIZE - first) / PM_POOL_SIZE);
+    if (!map_update(first, first + (uintptr_t)total * PM_POOL_SIZE, true)) {
+        allocator.free(allocator.ctx, memory, PM_ARENA_SIZE);
+        descriptor_put(arena);
+        return NULL;
+    }
+    arena->address = address;
+    arena->allocator = allocator;
+    arena->first_pool = (pm_pool *)first;
+    arena->free_pools = NULL;
+    arena->total_pools = total;
+    arena->carved_pools = 0;
+    arena->free_count = total;
+    arena->in_reserve = 0;
+    arena->next = arena->prev = NULL;
+    pm_counters.arenas_allocated_total++;
+    pm_counters.arenas_current++;
+    if (pm_counters.arenas_current > pm_counters.arenas_highwater) {
+        pm_counters.arenas_highwater = pm_counters.arenas_current;
+    }
+    return arena;
+}
+
+static void release_arena(pm_arena *arena) {
+    /* Unmark first: once the memory is gone the OS may give the range to anyone. */
+    map_update((uintptr_t)arena->first_pool, arena_pools_end(arena), false);
+    arena->allocator.free(arena->allocator.ctx, (void *)arena->address, PM_ARENA_SIZE);
+    pm_counters.arenas_reclaimed++;
+    pm_counters.arenas_current--;
+    descriptor_put(arena);
+}
+
+static void reserve_push(pm_arena *arena) {
+    arena->in_reserve = 1;
+    arena->next = reserve;
+    reserve = arena;
+    reserve_count++;
+}
+
+static pm_arena *reserve_pop(void) {
+    pm_arena *arena = reserve;
+    if (arena == NULL) return NULL;
+    reserve = arena->next;
+    reserve_count--;
+    arena->in_reserve = 0;
+    return arena;
+}
+
+static void trim_reserve(void) {
+    while (reserve_count * PM_ARENA_SIZE > reserve_limit_bytes) release_arena(reserve_pop());
+}
+
+void pm_set_arena_reserve(size_t bytes) {
+    reserve_limit_bytes = bytes;
+    trim_reserve();
+}
+
+size_t pm_get_arena_reserve(void) {
+    return reserve_limit_bytes;
+}
+
+size_t pm_arena_reserve_count(void) {
+    return reserve_count;
+}
+
+/* ---- pools in and out ---------------------------------------------------------------- */
+
+pm_pool *pm_arena_take_pool(void) {
+    pm_arena *arena = busiest_arena_with_room();
+    if (arena == NULL) arena = reserve_pop();
+    if (arena == NULL) arena = new_arena();
+    if (arena == NULL) return NULL;
+
+    pm_pool *pool = arena->free_pools;
+    if (pool != NULL) {
+        arena->free_pools = pool->next;
+    } else {
+        /* Never carved: only the header is written, the blocks stay untouched. */
+        pool = (pm_pool *)((char *)arena->first_pool + (size_t)arena->carved_pools * PM_POOL_SIZE);
+        arena->carved_pools++;
+        pool->arena = arena;
+        pool->free = NULL;
+        pool->used = 0;
+        pool->carve_offset = (uint16_t)PM_POOL_HEADER_SIZE;
+        pool->size_class = PM_NO_CLASS;
+    }
+    pool->next = pool->prev = NULL;
+    set_free_count(arena, arena->free_count - 1);
+    return pool;
+}
+
+void pm_arena_return_pool(pm_pool *pool) {
+    pm_arena *arena = pool->arena;
+    pool->next = arena->free_pools;
+    arena->free_pools = pool;
+    set_free_count(arena, arena->free_count + 1);
+    if (arena->free_count == arena->total_pools) {
+        reserve_push(arena);
+        trim_reserve();
+    }
+}
+
+/* ---- walks and checks ---------------------------------------------------------------- */
+
+void pm_arena_for_each(void (*fn)(const pm_arena *arena, void *arg), void *arg) {
+    for (pm_arena *a = all_descriptors; a != NULL; a = a->all_next) {
+        if (a->address != 0) fn(a, arg);
+    }
+}
+
+#define FAIL(...) (snprintf(buf, size, __VA_ARGS__), buf)
+
+static const char *check_one_arena(const pm_arena *a, char *buf, size_t size) {
+    if (a->carved_pools > a->total_pools || a->free_count > a->total_pools) {
+        return FAIL("arena %p: %u pools carved, %u free, of %u", (void *)a->address,
+                    a->carved_pools, a->free_count, a->total_pools);
+    }
+    uint32_t listed = 0;
+    for (const pm_pool *p = a->free_pools; p != NULL; p = p->next) {
+        uintptr_t at = (uintptr_t)p;
+        if (at < (uintptr_t)a->first_pool || at >= arena_pools_end(a) || (at & PM_POOL_MASK) != 0) {
+            return FAIL("arena %p: free pool %p is not one of its pools", (void *)a->address,
+                        (const void *)p);
+        }
+        if (p->used != 0 || p->arena != a) {
+            return FAIL("arena %p: free pool %p has %u blocks in use", (void *)a->address,
+                        (const void *)p, p->used);
+        }
+        if (++listed > a->carved_pools) {
+            return FAIL("arena %p: free-pool list longer than the pools carved (cycle?)",
+                        (void *)a->address);
+        }
+    }
+    if (a->free_count != listed + (a->total_pools - a->carved_pools)) {
+        return FAIL("arena %p: free count %u but %u listed + %u never carved", (void *)a->address,
+                    a->free_count, listed, a->total_pools - a->carved_pools);
+    }
+    uintptr_t lo = (uintptr_t)a->first_pool, hi = arena_pools_end(a);
+    if (!pm_pymalloc_owns((void *)lo) || !pm_pymalloc_owns((void *)(hi - 1))) {
+        return FAIL("arena %p: the arena map does not cover its pools [%p, %p)",
+                    (void *)a->address, (void *)lo, (void *)hi);
+    }
+    return NULL;
+}
+
+const char *pm_arena_check(char *buf, size_t size) {
+    size_t in_use = 0, bucketed_expected = 0, reserve_expected = 0;
+    for (const pm_arena *a = all_descriptors; a != NULL; a = a->all_next) {
+        if (a->address == 0) continue;
+        in_use++;
+        const char *problem = check_one_arena(a, buf, size);
+        if (problem != NULL) return problem;
+        if (in_a_bucket(a, a->free_count)) bucketed_expected++;
+        if (a->in_reserve) {
+            reserve_expected++;
+            if (a->free_count != a->total_pools) {
+                return FAIL("arena %p is in the reserve with %u of %u pools free",
+                            (void *)a->address, a->free_count, a->total_pools);
+            }
+        } else if (a->free_count == a->total_pools) {
+            return FAIL("arena %p is wholly free but neither released nor in the reserve",
+                        (void *)a->address);
+        }
+    }
+    if (in_use != pm_counters.arenas_current) {
+        return FAIL("%zu arenas in use but the counter says %zu", in_use, pm_counters.arenas_current);
+    }
+    size_t bucketed = 0;
+    for (uint32_t k = 0; k <= PM_POOLS_PER_ARENA; k++) {
+        bool bit = (bucket_bitmap[k / 64] >> (k % 64)) & 1;
+        if (bit != (buckets[k] != NULL)) {
+            return FAIL("bucket %u: bitmap bit %d disagrees with the list", k, (int)bit);
+        }
+        const pm_arena *prev = NULL;
+        for (const pm_arena *a = buckets[k]; a != NULL; prev = a, a = a->next) {
+            if (a->address == 0 || a->free_count != k || a->prev != prev) {
+                return FAIL("bucket %u holds arena %p with %u free pools (links %s)", k,
+                            (void *)a->address, a->free_count, a->prev == prev ? "ok" : "broken");
+            }
+            if (++bucketed > in_use) return FAIL("bucket %u: list longer than the arenas (cycle?)", k);
+        }
+    }
+    if (bucketed != bucketed_expected) {
+        return FAIL("%zu arenas in buckets, %zu partly used arenas", bucketed, bucketed_expected);
+    }
+    size_t reserved = 0;
+    for (const pm_arena *a = reserve; a != NULL; a = a->next) {
+        if (!a->in_reserve || ++reserved > in_use) return FAIL("reserve list is corrupt");
+    }
+    if (reserved != reserve_expected || reserved != reserve_count) {
+        return FAIL("reserve: %zu listed, %zu marked, count %zu", reserved, reserve_expected,
+                    reserve_count);
+    }
+    if (reserve_count * PM_ARENA_SIZE > reserve_limit_bytes) {
+        return FAIL("reserve holds %zu arenas, over its limit of %zu bytes", reserve_count,
+                    reserve_limit_bytes);
+    }
+    return NULL;
+}

@@ -1,0 +1,23 @@
+/*
+ * domain.h — the per-domain allocator tables, for the library's own layers.
+ *
+ * Each domain's installed allocator is a pointer to an immutable pm_allocator record. A
+ * caller loads the pointer once (acquire) and uses that record for the whole call, so it
+ * sees one allocator whole, whatever pm_set_allocator() does meanwhile.
+ */
+#ifndef PM_ALLOC_INTERNAL_DOMAIN_H
+#define PM_ALLOC_INTERNAL_DOMAIN_H
+
+#include "alloc/pymalloc_mt.h"
+#include "sync/sync.h"
+
+extern const pm_allocator *pm_domain_tables[PM_DOMAIN_COUNT];
+
+static inline const pm_allocator *pm_domain_current(pm_domain domain) {
+    return pm_atomic_load_ptr_acquire(&pm_domain_tables[domain]);
+}
+
+/* The raw domain's default: the C library's allocator, adjusted to CPython's semantics. */
+extern const pm_allocator pm_system_allocator;
+
+#endif /* PM_ALLOC_INTERNAL_DOMAIN_H */

@@ -1,0 +1,187 @@
+/*
+ * pymalloc_mt.h — the public API of pymalloc-mt.
+ *
+ * CPython's memory manager as a standalone, thread-safe library. Three allocator domains,
+ * each with malloc / calloc / realloc / free:
+ *
+ *   raw     pm_raw_*   general buffers; callable from any thread, no GIL, lock-free.
+ *   mem     pm_mem_*   Python buffers; the GIL must be held (see gil/gil.h).
+ *   object  pm_obj_*   Python objects; the GIL must be held.
+ *
+ * Semantics are CPython's ("ANSI plus"):
+ *   - 0 bytes gives a distinct non-NULL pointer (as does calloc with a zero count or size);
+ *   - a request above PTRDIFF_MAX bytes (CPython's PY_SSIZE_T_MAX), or a calloc whose
+ *     count x size would exceed it, returns NULL without calling the allocator;
+ *   - realloc(NULL, n) is malloc(n); realloc(p, 0) resizes p to zero bytes and returns a
+ *     non-NULL pointer, it never frees; a failed realloc returns NULL and p stays valid;
+ *   - free(NULL) does nothing.
+ *
+ * A block must be freed (or reallocated) through the domain that allocated it, and by the
+ * allocator that made it: an allocator installed with pm_set_allocator() must be able to
+ * free the blocks that were live when it was installed, which in practice means it wraps
+ * the allocator it replaced (get, then set a wrapper that calls the saved one).
+ *
+ * Thread-safety of the tables: pm_set_allocator() may run while other threads allocate
+ * through the same domain; every call sees either the old allocator or the new one as a
+ * whole, never a mix of the two (see alloc/domain.c).
+ */
+#ifndef PYMALLOC_MT_H
+#define PYMALLOC_MT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The three domains, numbered as CPython's PyMemAllocatorDomain. */
+typedef enum pm_domain {
+    PM_DOMAIN_RAW = 0,
+    PM_DOMAIN_MEM = 1,
+    PM_DOMAIN_OBJ = 2,
+} pm_domain;
+
+#define PM_DOMAIN_COUNT 3
+
+/* An allocator: four functions and the context they are given (CPython's
+ * PyMemAllocatorEx). Every function must be non-NULL. malloc(ctx, 0) and calloc with a zero
+ * count or size must return a distinct non-NULL pointer; realloc(ctx, p, 0) must not free. */
+typedef struct pm_allocator {
+    void *ctx;
+    void *(*malloc)(void *ctx, size_t size);
+    void *(*calloc)(void *ctx, size_t nelem, size_t elsize);
+    void *(*realloc)(void *ctx, void *ptr, size_t new_size);
+    void (*free)(void *ctx, void *ptr);
+} pm_allocator;
+
+/* Copies the allocator installed in `domain` to *out. Returns 0, or -1 with errno = EINVAL
+ * for an unknown domain or a NULL out (then *out, if any, is zeroed). */
+int pm_get_allocator(pm_domain domain, pm_allocator *out);
+
+/* Installs a copy of *in in `domain`, atomically with respect to concurrent calls. Returns 0,
+ * or -1 with errno = EINVAL (and nothing changed) for an unknown domain, a NULL `in` or a
+ * NULL function pointer in it. Each distinct allocator ever installed costs one small
+ * record that is never freed (readers hold no reference count; see alloc/domain.c). */
+int pm_set_allocator(pm_domain domain, const pm_allocator *in);
+
+/* The raw domain. Lock-free and GIL-free: safe from any thread at any time. */
+void *pm_raw_malloc(size_t size);
+void *pm_raw_calloc(size_t nelem, size_t elsize);
+void *pm_raw_realloc(void *ptr, size_t new_size);
+void pm_raw_free(void *ptr);
+
+/* The mem domain. The caller must hold the GIL. */
+void *pm_mem_malloc(size_t size);
+void *pm_mem_calloc(size_t nelem, size_t elsize);
+void *pm_mem_realloc(void *ptr, size_t new_size);
+void pm_mem_free(void *ptr);
+
+/* The object domain. The caller must hold the GIL. */
+void *pm_obj_malloc(size_t size);
+void *pm_obj_calloc(size_t nelem, size_t elsize);
+void *pm_obj_realloc(void *ptr, size_t new_size);
+void pm_obj_free(void *ptr);
+
+/* Call counters of the raw domain's public entry points, summed over every thread that
+ * ever called them. Kept per thread without atomic read-modify-writes, so reading them is
+ * a snapshot, exact once the threads being counted are quiet. */
+typedef struct pm_raw_stats {
+    uint64_t mallocs;   /* pm_raw_malloc calls, and pm_raw_realloc calls with ptr == NULL */
+    uint64_t callocs;   /* pm_raw_calloc calls */
+    uint64_t reallocs;  /* pm_raw_realloc calls with ptr != NULL */
+    uint64_t frees;     /* pm_raw_free calls with ptr != NULL */
+    uint64_t failures;  /* calls that returned NULL (refused sizes included) */
+    uint64_t live;      /* blocks allocated and not yet freed: mallocs + callocs - failed
+                           allocations - frees */
+} pm_raw_stats;
+
+void pm_get_raw_stats(pm_raw_stats *out);
+
+/* ---- pymalloc: the default allocator of the mem and object domains ------------------ *
+ * Requests of 1..512 bytes come from pools of 32 size classes carved from arenas; 0 bytes
+ * and larger requests go to the raw domain through its current allocator. */
+
+/* Where pymalloc gets its arenas (CPython's PyObjectArenaAllocator). alloc is always asked
+ * for exactly one arena size and free is given the same size back. A NULL from alloc makes
+ * the allocation that needed the arena return NULL; the heap stays consistent. */
+typedef struct pm_arena_allocator {
+    void *ctx;
+    void *(*alloc)(void *ctx, size_t size);
+    void (*free)(void *ctx, void *ptr, size_t size);
+} pm_arena_allocator;
+
+/* Get and set the arena allocator (the GIL must be held). Each arena is given back to the
+ * allocator that made it. Set returns -1 with errno = EINVAL for NULL or a NULL function. */
+int pm_get_arena_allocator(pm_arena_allocator *out);
+int pm_set_arena_allocator(const pm_arena_allocator *in);
+
+/* The arena size in bytes (256 KiB by default). */
+size_t pm_arena_size(void);
+
+/* Wholly free arenas are kept mapped, up to this many bytes, so that a program that frees
+ * everything and allocates again does not pay for unmapping and re-faulting; the rest go
+ * back to the OS at once. Default 1 MiB; 0 releases every free arena immediately. Lowering
+ * it releases the excess now. (GIL held.) */
+void pm_set_arena_reserve(size_t bytes);
+size_t pm_get_arena_reserve(void);
+
+/* Live blocks allocated by pymalloc, including those it passed to the raw domain: CPython's
+ * sys.getallocatedblocks(). (GIL held.) */
+size_t pm_allocated_blocks(void);
+
+/* Prints pymalloc's state in the layout of CPython 3.11's sys._debugmallocstats(). */
+void pm_print_stats(FILE *out);
+
+/* The same numbers as one JSON object. Writes at most `size` bytes including the NUL and
+ * returns the length the whole text needs (as snprintf does), or 0 on error. */
+size_t pm_stats_json(char *buf, size_t size);
+
+/* Walks every arena, pool and free list and checks pymalloc's invariants. Returns NULL when
+ * the heap is consistent, else a description of the first violation (valid until the next
+ * call from the same thread). (GIL held.) */
+const char *pm_heap_check(void);
+
+/* ---- configuration by name ---------------------------------------------------------- *
+ * Names as PYTHONMALLOC takes them: "default" (or ""), "pymalloc", "malloc", "debug",
+ * "pymalloc_debug", "malloc_debug". Returns 0, or -1 with errno = EINVAL for an unknown
+ * name (or NULL), EBUSY when the change would strand live pymalloc blocks. */
+int pm_setup_allocators(const char *name);
+
+/* The name of what is installed, or NULL when some domain holds a foreign allocator. */
+const char *pm_current_allocator_name(void);
+
+/* Applies PYTHONMALLOC and PYTHONMALLOCSTATS from the environment. Returns 0, or -1 after
+ * printing the reason to stderr (an unknown name is never silently replaced). */
+int pm_init_from_env(void);
+
+/* ---- the object family -------------------------------------------------------------- *
+ * A minimal object model, as CPython's PyObject_New family uses it. */
+typedef struct pm_type {
+    const char *tp_name;
+    size_t tp_basicsize; /* bytes of a fixed-size object, header included */
+    size_t tp_itemsize;  /* bytes per item of a variable-size object, else 0 */
+} pm_type;
+
+typedef struct pm_object {
+    ptrdiff_t ob_refcnt;
+    const pm_type *ob_type;
+} pm_object;
+
+typedef struct pm_var_object {
+    pm_object ob_base;
+    ptrdiff_t ob_size; /* number of items */
+} pm_var_object;
+
+/* From the object domain; reference count 1 and type set, the rest uninitialised.
+ * NULL when memory is short or basic + n * item overflows. */
+pm_object *pm_object_new(const pm_type *type);
+pm_var_object *pm_object_new_var(const pm_type *type, size_t nitems);
+void pm_object_del(void *op);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PYMALLOC_MT_H */
