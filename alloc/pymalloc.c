@@ -83,7 +83,7 @@ static bool pool_carve(pm_pool *pool) {
     return true;
 }
 
-_Static_assert(PM_POOL_BITS <= 15, "carve_offset can reach PM_POOL_SIZE, which must fit 16 bits");
+static_assert(PM_POOL_BITS <= 15, "carve_offset can reach PM_POOL_SIZE, which must fit 16 bits");
 
 /* ---- slow paths ---------------------------------------------------------------------- */
 

@@ -145,15 +145,25 @@ const char *pm_heap_check(void);
 
 /* ---- configuration by name ---------------------------------------------------------- *
  * Names as PYTHONMALLOC takes them: "default" (or ""), "pymalloc", "malloc", "debug",
- * "pymalloc_debug", "malloc_debug". Returns 0, or -1 with errno = EINVAL for an unknown
- * name (or NULL), EBUSY when the change would strand live pymalloc blocks. */
+ * "pymalloc_debug", "malloc_debug". "default" and "pymalloc" install the C library's
+ * allocator in raw and pymalloc in mem and object; "malloc" the C library's in all three.
+ * Returns 0, or -1 with nothing changed and errno = EINVAL for an unknown name (or NULL),
+ * ENOTSUP for the three debug names (the debug hooks are not built yet), EBUSY when the
+ * change would take the mem or object domain away from pymalloc while pymalloc has live
+ * blocks (pm_allocated_blocks() > 0), which the new allocator could not free. Installing
+ * what is already installed always succeeds. (GIL held; see alloc/config.c.) */
 int pm_setup_allocators(const char *name);
 
-/* The name of what is installed, or NULL when some domain holds a foreign allocator. */
+/* The name of what is installed: "pymalloc" (also after "default") or "malloc"; NULL when
+ * some domain holds anything else (a hook, a user's allocator). */
 const char *pm_current_allocator_name(void);
 
-/* Applies PYTHONMALLOC and PYTHONMALLOCSTATS from the environment. Returns 0, or -1 after
- * printing the reason to stderr (an unknown name is never silently replaced). */
+/* Applies PYTHONMALLOC and PYTHONMALLOCSTATS from the environment. PYTHONMALLOC unset or
+ * empty changes nothing; otherwise as pm_setup_allocators(). PYTHONMALLOCSTATS non-empty
+ * prints pm_print_stats() to stderr before each new arena and once at exit. Returns 0, or
+ * -1 with nothing changed after printing the reason to stderr as one line
+ * "pymalloc-mt: PYTHONMALLOC=<value>: <reason>" (an unknown or unavailable name is never
+ * silently replaced). Call it at start-up, before any other thread runs. */
 int pm_init_from_env(void);
 
 /* ---- the object family -------------------------------------------------------------- *
@@ -174,10 +184,16 @@ typedef struct pm_var_object {
     ptrdiff_t ob_size; /* number of items */
 } pm_var_object;
 
-/* From the object domain; reference count 1 and type set, the rest uninitialised.
- * NULL when memory is short or basic + n * item overflows. */
+/* From the object domain (the GIL must be held); reference count 1 and type set (and
+ * ob_size = nitems), the rest uninitialised. pm_object_new takes tp_basicsize bytes;
+ * pm_object_new_var takes tp_basicsize + nitems * tp_itemsize rounded up to a multiple of
+ * sizeof(void *), as CPython's _PyObject_VAR_SIZE. NULL with errno = ENOMEM when memory is
+ * short or that size overflows or exceeds PTRDIFF_MAX (nitems too: ob_size must hold it),
+ * in which case the allocator is not called; NULL with errno = EINVAL for a NULL type or a
+ * tp_basicsize smaller than the header (sizeof(pm_object), or sizeof(pm_var_object)). */
 pm_object *pm_object_new(const pm_type *type);
 pm_var_object *pm_object_new_var(const pm_type *type, size_t nitems);
+/* Frees an object made by the two above: pm_obj_free (NULL does nothing). */
 void pm_object_del(void *op);
 
 #ifdef __cplusplus

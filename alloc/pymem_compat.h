@@ -45,4 +45,83 @@ typedef pm_allocator PyMemAllocatorEx;
 #define PyObject_Realloc pm_obj_realloc
 #define PyObject_Free pm_obj_free
 
+/* ---- type-oriented memory interface (CPython's pymem.h) ------------------------------ *
+ * PyMem_New(T, n) allocates n objects of type T from the mem domain, PyMem_Resize(p, T, n)
+ * resizes p to n of them. When n * sizeof(T) would exceed PTRDIFF_MAX (PY_SSIZE_T_MAX;
+ * a negative n converts to a huge size_t and is refused too) the result is NULL and the
+ * allocator is not called.
+ *
+ * PyMem_Resize ALWAYS assigns p: the new block, or NULL when the allocator fails or on that
+ * overflow. In both NULL cases the old block is still allocated, and since p no longer
+ * points at it, it leaks unless the caller saved p first; CPython's macro behaves the same
+ * (its header tells callers to keep the old value for their error handling). So:
+ *
+ *     T *old = p;  PyMem_Resize(p, T, n);  if (p == NULL) { PyMem_Free(old); ... }
+ *
+ * Evaluation, as CPython's macros: T is only used in sizeof; n is evaluated twice (the
+ * check and the size), and p twice (the realloc argument and the assignment; it must be an
+ * lvalue), so neither may have side effects. The check is written n / (limit + 1) != 0
+ * rather than n > limit: the same test, but GCC's -Wtype-limits (in -Wextra) rejects the
+ * comparison when n is an unsigned type too narrow to ever exceed the limit. */
+#define PM_COMPAT_TOO_MANY(type, n) \
+    ((size_t)(n) / ((size_t)PTRDIFF_MAX / sizeof(type) + 1) != 0)
+
+#define PyMem_New(type, n) \
+    (PM_COMPAT_TOO_MANY(type, n) ? NULL : (type *)pm_mem_malloc((size_t)(n) * sizeof(type)))
+#define PyMem_Resize(p, type, n)                                                       \
+    ((p) = (PM_COMPAT_TOO_MANY(type, n)                                                \
+                ? NULL                                                                 \
+                : (type *)pm_mem_realloc((p), (size_t)(n) * sizeof(type))))
+/* Object-like, as in CPython, so it can be used as a function pointer (dealloc = PyMem_Del). */
+#define PyMem_Del pm_mem_free
+
+/* Deprecated upper-case aliases CPython 3.11 still defines. Those it defines with
+ * parameters take them here too (so they cannot be taken as function pointers there
+ * either); the others are the function's name. */
+#define PyMem_MALLOC(n) PyMem_Malloc(n)
+#define PyMem_REALLOC(p, n) PyMem_Realloc(p, n)
+#define PyMem_FREE(p) PyMem_Free(p)
+#define PyMem_NEW(type, n) PyMem_New(type, n)
+#define PyMem_RESIZE(p, type, n) PyMem_Resize(p, type, n)
+#define PyMem_DEL pm_mem_free
+
+#define PyObject_MALLOC pm_obj_malloc
+#define PyObject_REALLOC pm_obj_realloc
+#define PyObject_FREE pm_obj_free
+
+/* ---- the object model (CPython's object.h, the fields the allocator touches) ---------- *
+ * Field names are CPython's: ob_refcnt, ob_type, ob_size; tp_name, tp_basicsize,
+ * tp_itemsize. A type is declared as in CPython with designated initialisers:
+ *
+ *     typedef struct { PyObject_HEAD double value; } FloatObject;
+ *     static PyTypeObject Float_Type = { .tp_name = "float",
+ *                                        .tp_basicsize = sizeof(FloatObject) };
+ *     FloatObject *f = PyObject_New(FloatObject, &Float_Type);   ...   PyObject_Del(f); */
+typedef pm_object PyObject;
+typedef pm_var_object PyVarObject;
+typedef pm_type PyTypeObject;
+
+#define PyObject_HEAD PyObject ob_base;
+#define PyObject_VAR_HEAD PyVarObject ob_base;
+
+/* ---- the object family (CPython's objimpl.h) ------------------------------------------ *
+ * Each argument is evaluated once. n is converted to size_t, so a negative count is a
+ * huge one and gives NULL without calling the allocator. */
+#define PyObject_New(type, typeobj) ((type *)pm_object_new(typeobj))
+#define PyObject_NewVar(type, typeobj, n) ((type *)pm_object_new_var((typeobj), (size_t)(n)))
+/* Object-like, as in CPython, so that tp_free = PyObject_Del works. */
+#define PyObject_Del pm_object_del
+
+/* Aliases CPython 3.11 keeps for backward compatibility. */
+#define PyObject_NEW(type, typeobj) PyObject_New(type, typeobj)
+#define PyObject_NEW_VAR(type, typeobj, n) PyObject_NewVar(type, typeobj, n)
+#define PyObject_DEL pm_object_del
+
+/* ---- the arena allocator (CPython's cpython/objimpl.h) -------------------------------- *
+ * CPython's get/set return nothing; set ignores an invalid allocator here (NULL or a NULL
+ * function), where CPython would install it and crash later. */
+typedef pm_arena_allocator PyObjectArenaAllocator;
+#define PyObject_GetArenaAllocator(allocator) ((void)pm_get_arena_allocator((allocator)))
+#define PyObject_SetArenaAllocator(allocator) ((void)pm_set_arena_allocator((allocator)))
+
 #endif /* PYMALLOC_MT_PYMEM_COMPAT_H */

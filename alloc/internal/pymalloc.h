@@ -32,12 +32,17 @@
 #ifndef PM_ALLOC_INTERNAL_PYMALLOC_H
 #define PM_ALLOC_INTERNAL_PYMALLOC_H
 
+#include <assert.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "alloc/pymalloc_mt.h"
 #include "sync/sync.h"
+
+#ifdef __cplusplus
+extern "C" { /* white-box tests are C++ */
+#endif
 
 /* ---- geometry ------------------------------------------------------------------------ */
 
@@ -60,9 +65,9 @@
 #define PM_SMALL_REQUEST_THRESHOLD 512
 #define PM_NUM_CLASSES (PM_SMALL_REQUEST_THRESHOLD / PM_ALIGNMENT)
 
-_Static_assert(PM_POOL_BITS >= 12 && PM_POOL_BITS <= 16, "pool offsets are kept in 16 bits");
-_Static_assert(PM_ARENA_BITS > PM_POOL_BITS, "an arena holds several pools");
-_Static_assert(PM_POOLS_PER_ARENA <= 256, "arena bucket bitmap is 256 bits");
+static_assert(PM_POOL_BITS >= 12 && PM_POOL_BITS <= 16, "pool offsets are kept in 16 bits");
+static_assert(PM_ARENA_BITS > PM_POOL_BITS, "an arena holds several pools");
+static_assert(PM_POOLS_PER_ARENA <= 256, "arena bucket bitmap is 256 bits");
 
 static inline unsigned pm_size_class(size_t nbytes) {
     return (unsigned)((nbytes - 1) >> PM_ALIGNMENT_SHIFT);
@@ -95,8 +100,8 @@ typedef struct pm_pool {
 
 #define PM_POOL_HEADER_SIZE sizeof(pm_pool)
 #define PM_NO_CLASS 0xFFFF
-_Static_assert(sizeof(pm_pool) == 48, "pool header layout");
-_Static_assert(sizeof(pm_pool) % PM_ALIGNMENT == 0, "blocks after the header stay aligned");
+static_assert(sizeof(pm_pool) == 48, "pool header layout");
+static_assert(sizeof(pm_pool) % PM_ALIGNMENT == 0, "blocks after the header stay aligned");
 
 /* Blocks a pool of this class can ever hold. */
 static inline uint32_t pm_class_capacity(unsigned size_class) {
@@ -166,7 +171,7 @@ static inline bool pm_pymalloc_owns(const void *p) {
     uintptr_t key = address >> PM_ARENA_BITS;
     uintptr_t root_index = key >> PM_MAP_LEAF_BITS;
     if (root_index >= PM_MAP_ROOT_LENGTH) return false;
-    const pm_map_leaf *leaf = pm_atomic_load_ptr_acquire(&pm_map_root[root_index]);
+    const pm_map_leaf *leaf = (const pm_map_leaf *)pm_atomic_load_ptr_acquire(&pm_map_root[root_index]);
     if (leaf == NULL) return false;
     uint64_t entry = pm_atomic_load_u64_relaxed(&leaf->chunk[key & (PM_MAP_LEAF_LENGTH - 1)]);
     uint64_t offset = address & (PM_ARENA_SIZE - 1);
@@ -230,7 +235,7 @@ static inline void pm_pymalloc_free_inline(void *p) {
         return;
     }
     pm_pool *pool = pm_pool_of(p);
-    pm_block *block = p;
+    pm_block *block = (pm_block *)p;
     pm_block *was_free = pool->free;
     block->next = was_free;
     pool->free = block;
@@ -239,5 +244,9 @@ static inline void pm_pymalloc_free_inline(void *p) {
         pm_pymalloc_free_slow(pool, was_free, used);
     }
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* PM_ALLOC_INTERNAL_PYMALLOC_H */
