@@ -118,6 +118,7 @@ int pm_set_allocator(pm_domain domain, const pm_allocator *in) {
         return -1;
     }
     pm_atomic_store_ptr_release(&pm_domain_tables[domain], record);
+    pm_domain_route_update(domain, record);
     return 0;
 }
 
@@ -191,18 +192,14 @@ void pm_get_raw_stats(pm_raw_stats *out) {
     out->live = mallocs + callocs - failed_alloc - frees;
 }
 
-/* The mem and object domains: one gate per call. When the installed record is pymalloc's
- * own, its inline fast path runs with no indirect call (and applies the size rules itself:
- * anything it does not serve goes to the raw domain, which refuses oversized requests);
- * anything else installed (hooks, "malloc") is called through the table. */
+/* The mem and object domains. malloc and free go through the domain's route (see
+ * pm_domain_route in alloc/internal/pymalloc.h): pymalloc's inline fast path when pymalloc is
+ * installed, the table otherwise, with no comparison of tables on the way. calloc and realloc
+ * always dispatch through the table. */
 #define DEFINE_GIL_DOMAIN(prefix, domain)                                            \
     void *prefix##_malloc(size_t size) {                                             \
-        const pm_allocator *a = pm_domain_current(domain);                           \
-        if (__builtin_expect(a == &pm_pymalloc_allocator, 1)) {                      \
-            return pm_pymalloc_malloc_inline(size);                                  \
-        }                                                                            \
-        if (size_refused(size)) return NULL;                                         \
-        return a->malloc(a->ctx, size);                                              \
+        pm_heap *heap = pm_atomic_load_ptr_relaxed(&pm_domain_routes[domain].heap);  \
+        return pm_pymalloc_malloc_inline(heap, size, domain);                        \
     }                                                                                \
     void *prefix##_calloc(size_t nelem, size_t elsize) {                             \
         if (calloc_refused(nelem, elsize)) return NULL;                              \
@@ -215,12 +212,9 @@ void pm_get_raw_stats(pm_raw_stats *out) {
         return a->realloc(a->ctx, ptr, new_size);                                    \
     }                                                                                \
     void prefix##_free(void *ptr) {                                                  \
-        const pm_allocator *a = pm_domain_current(domain);                           \
-        if (__builtin_expect(a == &pm_pymalloc_allocator, 1)) {                      \
-            pm_pymalloc_free_inline(ptr);                                            \
-            return;                                                                  \
-        }                                                                            \
-        a->free(a->ctx, ptr);                                                        \
+        pm_map_leaf *const *map_root =                                               \
+            pm_atomic_load_ptr_relaxed(&pm_domain_routes[domain].map_root);          \
+        pm_pymalloc_free_inline(map_root, ptr, domain);                              \
     }
 
 DEFINE_GIL_DOMAIN(pm_mem, PM_DOMAIN_MEM)

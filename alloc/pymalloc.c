@@ -34,6 +34,7 @@
  */
 #include <string.h>
 
+#include "alloc/internal/domain.h"
 #include "alloc/internal/pymalloc.h"
 
 pm_pool pm_no_pool; /* free == NULL: an empty list's head looks full */
@@ -85,13 +86,41 @@ static bool pool_carve(pm_pool *pool) {
 
 static_assert(PM_POOL_BITS <= 15, "carve_offset can reach PM_POOL_SIZE, which must fit 16 bits");
 
-/* ---- slow paths ---------------------------------------------------------------------- */
+/* ---- routes -------------------------------------------------------------------------- */
 
-void pm_pymalloc_pool_exhausted(pm_pool *pool) {
-    if (!pool_carve(pool)) heap_unlink(pool->owner, pool); /* full: on no list */
+pm_heap pm_bypass_heap = {.used = {[0 ... PM_NUM_CLASSES - 1] = &pm_no_pool}};
+pm_map_leaf *const pm_bypass_map_root[PM_MAP_ROOT_LENGTH]; /* all NULL: owns nothing */
+
+pm_domain_route pm_domain_routes[PM_DOMAIN_COUNT] = {
+    [PM_DOMAIN_RAW] = {&pm_bypass_heap, pm_bypass_map_root}, /* raw has no pymalloc path */
+    [PM_DOMAIN_MEM] = {&pm_main_heap, pm_map_root},
+    [PM_DOMAIN_OBJ] = {&pm_main_heap, pm_map_root},
+};
+
+void pm_domain_route_update(pm_domain domain, const pm_allocator *installed) {
+    bool ours = installed == &pm_pymalloc_allocator && domain != PM_DOMAIN_RAW;
+    pm_domain_route *route = &pm_domain_routes[domain];
+    pm_atomic_store_ptr_relaxed(&route->heap, ours ? &pm_main_heap : &pm_bypass_heap);
+    pm_atomic_store_ptr_relaxed(&route->map_root, ours ? pm_map_root : pm_bypass_map_root);
 }
 
-static void *malloc_from_new_pool(pm_heap *heap, unsigned size_class) {
+/* Something other than pymalloc is installed in `route`'s domain: call it through the table,
+ * applying CPython's size rule first as every entry point does. */
+static void *malloc_through_table(size_t nbytes, int route) {
+    const pm_allocator *a = pm_domain_current((pm_domain)route);
+    if (a == &pm_pymalloc_allocator) return pm_pymalloc_malloc_inline(&pm_main_heap, nbytes, route);
+    if (nbytes > (size_t)PTRDIFF_MAX) return NULL;
+    return a->malloc(a->ctx, nbytes);
+}
+
+/* ---- slow paths ---------------------------------------------------------------------- */
+
+void *pm_pymalloc_pool_exhausted(pm_pool *pool, pm_block *block) {
+    if (!pool_carve(pool)) heap_unlink(pool->owner, pool); /* full: on no list */
+    return block;
+}
+
+static void *malloc_from_new_pool(pm_heap *heap, size_t size_class) {
     pm_pool *pool = pm_arena_take_pool();
     if (pool == NULL) return NULL;
     pool->owner = heap;
@@ -107,13 +136,14 @@ static void *malloc_from_new_pool(pm_heap *heap, unsigned size_class) {
     pm_block *block = pool->free;
     pool->free = block->next;
     pool->used++;
-    if (pool->free == NULL) pm_pymalloc_pool_exhausted(pool);
+    if (pool->free == NULL) pm_pymalloc_pool_exhausted(pool, block);
     return block;
 }
 
-void *pm_pymalloc_malloc_slow(size_t nbytes) {
+void *pm_pymalloc_malloc_slow(pm_heap *heap, size_t nbytes, int route) {
+    if (heap == &pm_bypass_heap) return malloc_through_table(nbytes, route);
     if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD) {
-        return malloc_from_new_pool(&pm_main_heap, pm_size_class(nbytes));
+        return malloc_from_new_pool(heap, pm_size_class(nbytes));
     }
     void *p = pm_raw_malloc(nbytes); /* refuses sizes above PTRDIFF_MAX itself */
     if (p != NULL) pm_counters.raw_allocated_blocks++;
@@ -129,7 +159,19 @@ void pm_pymalloc_free_slow(pm_pool *pool, pm_block *was_free, uint32_t used) {
     heap_push_front(pool->owner, pool); /* was full; CPython puts it at the front too */
 }
 
-void pm_pymalloc_free_foreign(void *p) {
+void pm_pymalloc_free_unowned(void *p, int route) {
+    if (route != PM_ROUTE_PYMALLOC) {
+        const pm_allocator *a = pm_domain_current((pm_domain)route);
+        if (a != &pm_pymalloc_allocator) {
+            a->free(a->ctx, p);
+            return;
+        }
+        /* pymalloc is installed but the route still said otherwise: test the real map. */
+        if (pm_pymalloc_owns(p)) {
+            pm_pymalloc_free_inline(pm_map_root, p, PM_ROUTE_PYMALLOC);
+            return;
+        }
+    }
     if (p == NULL) return;
     pm_raw_free(p);
     /* A foreign block may predate pymalloc (allocated before the domain was switched to it);
@@ -144,7 +186,7 @@ void *pm_pymalloc_calloc(void *ctx, size_t nelem, size_t elsize) {
     if (elsize != 0 && nelem > (size_t)PTRDIFF_MAX / elsize) return NULL;
     size_t nbytes = nelem * elsize;
     if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD) {
-        void *p = pm_pymalloc_malloc_inline(nbytes);
+        void *p = pm_pymalloc_malloc_inline(&pm_main_heap, nbytes, PM_ROUTE_PYMALLOC);
         if (p != NULL) memset(p, 0, nbytes);
         return p;
     }
@@ -155,7 +197,7 @@ void *pm_pymalloc_calloc(void *ctx, size_t nelem, size_t elsize) {
 
 void *pm_pymalloc_realloc(void *ctx, void *p, size_t nbytes) {
     (void)ctx;
-    if (p == NULL) return pm_pymalloc_malloc_inline(nbytes);
+    if (p == NULL) return pm_pymalloc_malloc_inline(&pm_main_heap, nbytes, PM_ROUTE_PYMALLOC);
     if (!pm_pymalloc_owns(p)) {
         /* Not ours (a large block, or one from before pymalloc was installed): it stays in
          * the raw domain whatever its new size, as in CPython. */
@@ -168,10 +210,10 @@ void *pm_pymalloc_realloc(void *ctx, void *p, size_t nbytes) {
         if (4 * nbytes > 3 * size) return p;
         keep = nbytes;
     }
-    void *q = pm_pymalloc_malloc_inline(nbytes);
+    void *q = pm_pymalloc_malloc_inline(&pm_main_heap, nbytes, PM_ROUTE_PYMALLOC);
     if (q == NULL) return NULL; /* p untouched and still valid */
     memcpy(q, p, keep);
-    pm_pymalloc_free_inline(p);
+    pm_pymalloc_free_inline(pm_map_root, p, PM_ROUTE_PYMALLOC);
     return q;
 }
 
@@ -179,12 +221,12 @@ void *pm_pymalloc_realloc(void *ctx, void *p, size_t nbytes) {
 
 static void *pymalloc_malloc(void *ctx, size_t nbytes) {
     (void)ctx;
-    return pm_pymalloc_malloc_inline(nbytes);
+    return pm_pymalloc_malloc_inline(&pm_main_heap, nbytes, PM_ROUTE_PYMALLOC);
 }
 
 static void pymalloc_free(void *ctx, void *p) {
     (void)ctx;
-    pm_pymalloc_free_inline(p);
+    pm_pymalloc_free_inline(pm_map_root, p, PM_ROUTE_PYMALLOC);
 }
 
 const pm_allocator pm_pymalloc_allocator = {

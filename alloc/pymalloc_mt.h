@@ -36,6 +36,14 @@
 extern "C" {
 #endif
 
+/* The library is built with hidden visibility; only what is marked PM_API is exported from
+ * libpymalloc_mt.so (and internal symbols can be reached without the GOT). */
+#if defined(__GNUC__)
+#define PM_API __attribute__((visibility("default")))
+#else
+#define PM_API
+#endif
+
 /* The three domains, numbered as CPython's PyMemAllocatorDomain. */
 typedef enum pm_domain {
     PM_DOMAIN_RAW = 0,
@@ -58,31 +66,31 @@ typedef struct pm_allocator {
 
 /* Copies the allocator installed in `domain` to *out. Returns 0, or -1 with errno = EINVAL
  * for an unknown domain or a NULL out (then *out, if any, is zeroed). */
-int pm_get_allocator(pm_domain domain, pm_allocator *out);
+PM_API int pm_get_allocator(pm_domain domain, pm_allocator *out);
 
 /* Installs a copy of *in in `domain`, atomically with respect to concurrent calls. Returns 0,
  * or -1 with errno = EINVAL (and nothing changed) for an unknown domain, a NULL `in` or a
  * NULL function pointer in it. Each distinct allocator ever installed costs one small
  * record that is never freed (readers hold no reference count; see alloc/domain.c). */
-int pm_set_allocator(pm_domain domain, const pm_allocator *in);
+PM_API int pm_set_allocator(pm_domain domain, const pm_allocator *in);
 
 /* The raw domain. Lock-free and GIL-free: safe from any thread at any time. */
-void *pm_raw_malloc(size_t size);
-void *pm_raw_calloc(size_t nelem, size_t elsize);
-void *pm_raw_realloc(void *ptr, size_t new_size);
-void pm_raw_free(void *ptr);
+PM_API void *pm_raw_malloc(size_t size);
+PM_API void *pm_raw_calloc(size_t nelem, size_t elsize);
+PM_API void *pm_raw_realloc(void *ptr, size_t new_size);
+PM_API void pm_raw_free(void *ptr);
 
 /* The mem domain. The caller must hold the GIL. */
-void *pm_mem_malloc(size_t size);
-void *pm_mem_calloc(size_t nelem, size_t elsize);
-void *pm_mem_realloc(void *ptr, size_t new_size);
-void pm_mem_free(void *ptr);
+PM_API void *pm_mem_malloc(size_t size);
+PM_API void *pm_mem_calloc(size_t nelem, size_t elsize);
+PM_API void *pm_mem_realloc(void *ptr, size_t new_size);
+PM_API void pm_mem_free(void *ptr);
 
 /* The object domain. The caller must hold the GIL. */
-void *pm_obj_malloc(size_t size);
-void *pm_obj_calloc(size_t nelem, size_t elsize);
-void *pm_obj_realloc(void *ptr, size_t new_size);
-void pm_obj_free(void *ptr);
+PM_API void *pm_obj_malloc(size_t size);
+PM_API void *pm_obj_calloc(size_t nelem, size_t elsize);
+PM_API void *pm_obj_realloc(void *ptr, size_t new_size);
+PM_API void pm_obj_free(void *ptr);
 
 /* Call counters of the raw domain's public entry points, summed over every thread that
  * ever called them. Kept per thread without atomic read-modify-writes, so reading them is
@@ -97,7 +105,7 @@ typedef struct pm_raw_stats {
                            allocations - frees */
 } pm_raw_stats;
 
-void pm_get_raw_stats(pm_raw_stats *out);
+PM_API void pm_get_raw_stats(pm_raw_stats *out);
 
 /* ---- pymalloc: the default allocator of the mem and object domains ------------------ *
  * Requests of 1..512 bytes come from pools of 32 size classes carved from arenas; 0 bytes
@@ -114,34 +122,34 @@ typedef struct pm_arena_allocator {
 
 /* Get and set the arena allocator (the GIL must be held). Each arena is given back to the
  * allocator that made it. Set returns -1 with errno = EINVAL for NULL or a NULL function. */
-int pm_get_arena_allocator(pm_arena_allocator *out);
-int pm_set_arena_allocator(const pm_arena_allocator *in);
+PM_API int pm_get_arena_allocator(pm_arena_allocator *out);
+PM_API int pm_set_arena_allocator(const pm_arena_allocator *in);
 
 /* The arena size in bytes (256 KiB by default). */
-size_t pm_arena_size(void);
+PM_API size_t pm_arena_size(void);
 
 /* Wholly free arenas are kept mapped, up to this many bytes, so that a program that frees
  * everything and allocates again does not pay for unmapping and re-faulting; the rest go
  * back to the OS at once. Default 1 MiB; 0 releases every free arena immediately. Lowering
  * it releases the excess now. (GIL held.) */
-void pm_set_arena_reserve(size_t bytes);
-size_t pm_get_arena_reserve(void);
+PM_API void pm_set_arena_reserve(size_t bytes);
+PM_API size_t pm_get_arena_reserve(void);
 
 /* Live blocks allocated by pymalloc, including those it passed to the raw domain: CPython's
  * sys.getallocatedblocks(). (GIL held.) */
-size_t pm_allocated_blocks(void);
+PM_API size_t pm_allocated_blocks(void);
 
 /* Prints pymalloc's state in the layout of CPython 3.11's sys._debugmallocstats(). */
-void pm_print_stats(FILE *out);
+PM_API void pm_print_stats(FILE *out);
 
 /* The same numbers as one JSON object. Writes at most `size` bytes including the NUL and
  * returns the length the whole text needs (as snprintf does), or 0 on error. */
-size_t pm_stats_json(char *buf, size_t size);
+PM_API size_t pm_stats_json(char *buf, size_t size);
 
 /* Walks every arena, pool and free list and checks pymalloc's invariants. Returns NULL when
  * the heap is consistent, else a description of the first violation (valid until the next
  * call from the same thread). (GIL held.) */
-const char *pm_heap_check(void);
+PM_API const char *pm_heap_check(void);
 
 /* ---- configuration by name ---------------------------------------------------------- *
  * Names as PYTHONMALLOC takes them: "default" (or ""), "pymalloc", "malloc", "debug",
@@ -152,11 +160,11 @@ const char *pm_heap_check(void);
  * change would take the mem or object domain away from pymalloc while pymalloc has live
  * blocks (pm_allocated_blocks() > 0), which the new allocator could not free. Installing
  * what is already installed always succeeds. (GIL held; see alloc/config.c.) */
-int pm_setup_allocators(const char *name);
+PM_API int pm_setup_allocators(const char *name);
 
 /* The name of what is installed: "pymalloc" (also after "default") or "malloc"; NULL when
  * some domain holds anything else (a hook, a user's allocator). */
-const char *pm_current_allocator_name(void);
+PM_API const char *pm_current_allocator_name(void);
 
 /* Applies PYTHONMALLOC and PYTHONMALLOCSTATS from the environment. PYTHONMALLOC unset or
  * empty changes nothing; otherwise as pm_setup_allocators(). PYTHONMALLOCSTATS non-empty
@@ -164,7 +172,7 @@ const char *pm_current_allocator_name(void);
  * -1 with nothing changed after printing the reason to stderr as one line
  * "pymalloc-mt: PYTHONMALLOC=<value>: <reason>" (an unknown or unavailable name is never
  * silently replaced). Call it at start-up, before any other thread runs. */
-int pm_init_from_env(void);
+PM_API int pm_init_from_env(void);
 
 /* ---- the object family -------------------------------------------------------------- *
  * A minimal object model, as CPython's PyObject_New family uses it. */
@@ -191,10 +199,10 @@ typedef struct pm_var_object {
  * short or that size overflows or exceeds PTRDIFF_MAX (nitems too: ob_size must hold it),
  * in which case the allocator is not called; NULL with errno = EINVAL for a NULL type or a
  * tp_basicsize smaller than the header (sizeof(pm_object), or sizeof(pm_var_object)). */
-pm_object *pm_object_new(const pm_type *type);
-pm_var_object *pm_object_new_var(const pm_type *type, size_t nitems);
+PM_API pm_object *pm_object_new(const pm_type *type);
+PM_API pm_var_object *pm_object_new_var(const pm_type *type, size_t nitems);
 /* Frees an object made by the two above: pm_obj_free (NULL does nothing). */
-void pm_object_del(void *op);
+PM_API void pm_object_del(void *op);
 
 #ifdef __cplusplus
 }

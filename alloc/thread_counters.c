@@ -20,7 +20,7 @@
 
 #include "sync/sync.h"
 
-__thread pm_counter_block *pm_counter_tls __attribute__((tls_model("initial-exec")));
+__thread pm_counter_block *pm_counter_tls __attribute__((tls_model("initial-exec"), visibility("hidden")));
 
 enum { STATIC_BLOCKS = 256, CHUNK_BLOCKS = 64 };
 

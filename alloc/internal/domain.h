@@ -11,13 +11,18 @@
 #include "alloc/pymalloc_mt.h"
 #include "sync/sync.h"
 
+/* Internal symbols: hidden, so the fast paths reach them without the GOT. */
+#pragma GCC visibility push(hidden)
+
 extern const pm_allocator *pm_domain_tables[PM_DOMAIN_COUNT];
 
 static inline const pm_allocator *pm_domain_current(pm_domain domain) {
-    return pm_atomic_load_ptr_acquire(&pm_domain_tables[domain]);
+    return (const pm_allocator *)pm_atomic_load_ptr_acquire(&pm_domain_tables[domain]);
 }
 
 /* The raw domain's default: the C library's allocator, adjusted to CPython's semantics. */
 extern const pm_allocator pm_system_allocator;
+
+#pragma GCC visibility pop
 
 #endif /* PM_ALLOC_INTERNAL_DOMAIN_H */

@@ -40,6 +40,9 @@
 #include "alloc/pymalloc_mt.h"
 #include "sync/sync.h"
 
+/* Internal symbols: hidden, so the fast paths reach them without the GOT. */
+#pragma GCC visibility push(hidden)
+
 #ifdef __cplusplus
 extern "C" { /* white-box tests are C++ */
 #endif
@@ -69,8 +72,8 @@ static_assert(PM_POOL_BITS >= 12 && PM_POOL_BITS <= 16, "pool offsets are kept i
 static_assert(PM_ARENA_BITS > PM_POOL_BITS, "an arena holds several pools");
 static_assert(PM_POOLS_PER_ARENA <= 256, "arena bucket bitmap is 256 bits");
 
-static inline unsigned pm_size_class(size_t nbytes) {
-    return (unsigned)((nbytes - 1) >> PM_ALIGNMENT_SHIFT);
+static inline size_t pm_size_class(size_t nbytes) {
+    return (nbytes - 1) >> PM_ALIGNMENT_SHIFT;
 }
 
 static inline size_t pm_class_block_size(unsigned size_class) {
@@ -165,17 +168,22 @@ typedef struct pm_map_leaf {
 
 extern pm_map_leaf *pm_map_root[PM_MAP_ROOT_LENGTH];
 
-/* Exact for any pointer: reads only the map, never the memory p points at. */
-static inline bool pm_pymalloc_owns(const void *p) {
+/* Exact for any pointer: reads only the map, never the memory p points at. `root` is
+ * pm_map_root, or a domain route's stand-in that owns nothing (see pm_domain_route). */
+static inline bool pm_map_owns(pm_map_leaf *const *root, const void *p) {
     uintptr_t address = (uintptr_t)p;
     uintptr_t key = address >> PM_ARENA_BITS;
     uintptr_t root_index = key >> PM_MAP_LEAF_BITS;
     if (root_index >= PM_MAP_ROOT_LENGTH) return false;
-    const pm_map_leaf *leaf = (const pm_map_leaf *)pm_atomic_load_ptr_acquire(&pm_map_root[root_index]);
+    const pm_map_leaf *leaf = (const pm_map_leaf *)pm_atomic_load_ptr_acquire(&root[root_index]);
     if (leaf == NULL) return false;
     uint64_t entry = pm_atomic_load_u64_relaxed(&leaf->chunk[key & (PM_MAP_LEAF_LENGTH - 1)]);
     uint64_t offset = address & (PM_ARENA_SIZE - 1);
     return offset < (uint32_t)entry || offset + (entry >> 32) >= PM_ARENA_SIZE;
+}
+
+static inline bool pm_pymalloc_owns(const void *p) {
+    return pm_map_owns(pm_map_root, p);
 }
 
 static inline pm_pool *pm_pool_of(const void *p) {
@@ -198,14 +206,36 @@ size_t pm_arena_reserve_count(void);
 
 /* ---- pymalloc (alloc/pymalloc.c) ----------------------------------------------------- */
 
-/* The allocator record installed in the mem and object domains by default. Entry points
- * compare the installed record's address with it to take the inline fast paths. */
+/* The allocator record installed in the mem and object domains by default. */
 extern const pm_allocator pm_pymalloc_allocator;
 
-void *pm_pymalloc_malloc_slow(size_t nbytes);
+/* Routes: how the mem and object entry points know, without comparing tables, that pymalloc
+ * is what the domain has installed. While it is, the domain's route holds the real heap and
+ * arena map; while anything else is installed (a hook, "malloc"), it holds stand-ins that
+ * never match: the bypass heap's lists all look full and the bypass map owns nothing. Every
+ * call then leaves the fast path, and the slow path dispatches through the table. The
+ * "is a hook installed?" test thus costs nothing: it is folded into loads the fast paths
+ * make anyway. pm_set_allocator() keeps each route in step with its table. */
+typedef struct pm_domain_route {
+    pm_heap *heap;
+    pm_map_leaf *const *map_root;
+} pm_domain_route;
+
+extern pm_domain_route pm_domain_routes[PM_DOMAIN_COUNT];
+extern pm_heap pm_bypass_heap;
+extern pm_map_leaf *const pm_bypass_map_root[PM_MAP_ROOT_LENGTH];
+
+/* Called by pm_set_allocator() after it installs `installed` in a mem or object domain. */
+void pm_domain_route_update(pm_domain domain, const pm_allocator *installed);
+
+/* `route` names the caller: PM_DOMAIN_MEM or PM_DOMAIN_OBJ for the public entry points, or
+ * PM_ROUTE_PYMALLOC for pymalloc's own record (called through a table, e.g. by a hook). */
+#define PM_ROUTE_PYMALLOC (-1)
+
+void *pm_pymalloc_malloc_slow(pm_heap *heap, size_t nbytes, int route);
+void *pm_pymalloc_pool_exhausted(pm_pool *pool, pm_block *block);
 void pm_pymalloc_free_slow(pm_pool *pool, pm_block *was_free, uint32_t used);
-void pm_pymalloc_pool_exhausted(pm_pool *pool);
-void pm_pymalloc_free_foreign(void *p);
+void pm_pymalloc_free_unowned(void *p, int route);
 
 void *pm_pymalloc_calloc(void *ctx, size_t nelem, size_t elsize);
 void *pm_pymalloc_realloc(void *ctx, void *p, size_t nbytes);
@@ -214,24 +244,29 @@ void *pm_pymalloc_realloc(void *ctx, void *p, size_t nbytes);
 extern int pm_stats_on_new_arena;
 void pm_stats_print_on_new_arena(void);
 
-static inline void *pm_pymalloc_malloc_inline(size_t nbytes) {
+/* malloc's fast path: pop the first free block of the class's first used pool. The only
+ * test that leaves it is "no free block", which also covers an empty list (&pm_no_pool), the
+ * bypass heap, and sizes pymalloc does not serve. The exhausted-pool exit is a tail call,
+ * so the function needs no stack frame. */
+static inline void *pm_pymalloc_malloc_inline(pm_heap *heap, size_t nbytes, int route) {
     if (__builtin_expect(nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD, 1)) {
-        pm_pool *pool = pm_main_heap.used[pm_size_class(nbytes)];
+        pm_pool *pool = heap->used[pm_size_class(nbytes)];
         pm_block *block = pool->free;
         if (__builtin_expect(block != NULL, 1)) {
             pm_block *next = block->next;
             pool->free = next;
             pool->used++;
-            if (__builtin_expect(next == NULL, 0)) pm_pymalloc_pool_exhausted(pool);
+            if (__builtin_expect(next == NULL, 0)) return pm_pymalloc_pool_exhausted(pool, block);
             return block;
         }
     }
-    return pm_pymalloc_malloc_slow(nbytes);
+    return pm_pymalloc_malloc_slow(heap, nbytes, route);
 }
 
-static inline void pm_pymalloc_free_inline(void *p) {
-    if (__builtin_expect(!pm_pymalloc_owns(p), 0)) {
-        pm_pymalloc_free_foreign(p);
+/* free's fast path: the map says whether p is ours, then p goes on its pool's free list. */
+static inline void pm_pymalloc_free_inline(pm_map_leaf *const *map_root, void *p, int route) {
+    if (__builtin_expect(!pm_map_owns(map_root, p), 0)) {
+        pm_pymalloc_free_unowned(p, route);
         return;
     }
     pm_pool *pool = pm_pool_of(p);
@@ -248,5 +283,7 @@ static inline void pm_pymalloc_free_inline(void *p) {
 #ifdef __cplusplus
 }
 #endif
+
+#pragma GCC visibility pop
 
 #endif /* PM_ALLOC_INTERNAL_PYMALLOC_H */

@@ -19,6 +19,9 @@
 
 #include "sync/sync.h"
 
+/* Internal symbols: hidden, so the fast paths reach them without the GOT. */
+#pragma GCC visibility push(hidden)
+
 typedef enum pm_counter {
     PM_COUNTER_RAW_MALLOC,
     PM_COUNTER_RAW_CALLOC,
@@ -36,7 +39,8 @@ typedef struct pm_counter_block {
     int owned;                     /* 1 while a live thread writes count[] */
 } __attribute__((aligned(64))) pm_counter_block;
 
-extern __thread pm_counter_block *pm_counter_tls __attribute__((tls_model("initial-exec")));
+extern __thread pm_counter_block *pm_counter_tls
+    __attribute__((tls_model("initial-exec"), visibility("hidden")));
 
 /* Gives the calling thread a block (adopting an unowned one or making a new one). */
 pm_counter_block *pm_counter_attach_slow(void);
@@ -51,5 +55,7 @@ static inline void pm_counter_add(pm_counter which, uint64_t delta) {
 
 /* Sums counter `which` over every block, live threads and exited ones. */
 uint64_t pm_counter_sum(pm_counter which);
+
+#pragma GCC visibility pop
 
 #endif /* PM_ALLOC_INTERNAL_THREAD_COUNTERS_H */
