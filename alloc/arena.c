@@ -321,7 +321,7 @@ pm_pool *pm_arena_take_pool(void) {
         arena->free_pools = pool->next;
     } else {
         /* Never carved: only the header is written, the blocks stay untouched. */
-        pool = (pm_pool *)((char *)arena->first_pool + (size_t)arena->carved_pools * PM_POOL_SIZE);
+        pool = (pm_pool *)((uintptr_t)arena->first_pool + (size_t)arena->carved_pools * PM_POOL_SIZE);
         arena->carved_pools++;
         pool->arena = arena;
         pool->free = NULL;

@@ -70,7 +70,7 @@ static bool pool_carve(pm_pool *pool) {
     size_t offset = pool->carve_offset;
     if (offset + size > PM_POOL_SIZE) return false;
     size_t page_end = (offset & ~(PM_OS_PAGE_SIZE - 1)) + PM_OS_PAGE_SIZE;
-    char *base = (char *)pool;
+    uintptr_t base = (uintptr_t)pool; /* block offsets are multiples of 16 */
     pm_block *first = (pm_block *)(base + offset);
     pm_block *last = first;
     for (offset += size; offset < page_end && offset + size <= PM_POOL_SIZE; offset += size) {

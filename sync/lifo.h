@@ -40,6 +40,7 @@
 #ifndef PM_SYNC_LIFO_H
 #define PM_SYNC_LIFO_H
 
+#include <assert.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

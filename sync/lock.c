@@ -11,6 +11,7 @@
  */
 #include "sync/lock.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -41,7 +42,7 @@ __attribute__((noreturn, cold, noinline)) static void sync_fatal(const char *wha
     char digits[16];
     size_t i = sizeof digits;
     digits[--i] = '\0';
-    unsigned value = err < 0 ? (unsigned)-err : (unsigned)err;
+    unsigned value = err < 0 ? 0u - (unsigned)err : (unsigned)err;
     do {
         digits[--i] = (char)('0' + value % 10);
         value /= 10;
