@@ -122,8 +122,10 @@ int pm_setup_allocators(const char *name) {
         if (pm_get_allocator((pm_domain)d, &saved[d]) != 0) return -1;
     }
 
-    /* See "The one refusal" above: never leave pymalloc's live blocks to an allocator that
-     * cannot recognise them. */
+    /* EBUSY (see "The one refusal" above). Blocks are freed by whatever the domain holds
+     * at free time. pymalloc hands pointers it does not own to the raw domain, but the C
+     * library's free() cannot tell a pymalloc block from its own and would corrupt its
+     * heap, so while pymalloc has live blocks no mem or object domain may move off it. */
     for (int d = PM_DOMAIN_MEM; d <= PM_DOMAIN_OBJ; d++) {
         bool changes = !same_allocator(&saved[d], target[d]);
         if (changes && target[d] != &pm_pymalloc_allocator && pm_allocated_blocks() > 0) {
@@ -221,8 +223,10 @@ int pm_init_from_env(void) {
 
     const char *stats = getenv("PYTHONMALLOCSTATS");
     if (stats != NULL && stats[0] != '\0') {
-        pm_stats_on_new_arena = 1;
         if (pm_atomic_cas_int(&stats_at_exit_registered, 0, 1)) {
+            /* glibc's atexit allocates past its first 32 handlers, so it can fail. That is
+             * the one failure that comes after PYTHONMALLOC was applied; the statistics
+             * stay off, so the report is all or nothing. */
             if (atexit(print_stats_at_exit) != 0) {
                 pm_atomic_store_int_relaxed(&stats_at_exit_registered, 0);
                 fputs("pymalloc-mt: PYTHONMALLOCSTATS: cannot register the exit report\n",
@@ -230,6 +234,7 @@ int pm_init_from_env(void) {
                 return -1;
             }
         }
+        pm_stats_on_new_arena = 1;
     }
     return 0;
 }

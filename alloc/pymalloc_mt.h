@@ -168,10 +168,11 @@ PM_API const char *pm_current_allocator_name(void);
 
 /* Applies PYTHONMALLOC and PYTHONMALLOCSTATS from the environment. PYTHONMALLOC unset or
  * empty changes nothing; otherwise as pm_setup_allocators(). PYTHONMALLOCSTATS non-empty
- * prints pm_print_stats() to stderr before each new arena and once at exit. Returns 0, or
- * -1 with nothing changed after printing the reason to stderr as one line
- * "pymalloc-mt: PYTHONMALLOC=<value>: <reason>" (an unknown or unavailable name is never
- * silently replaced). Call it at start-up, before any other thread runs. */
+ * prints pm_print_stats() to stderr before each new arena and once at exit (when pymalloc
+ * is installed then). Returns 0, or -1 after printing the reason to stderr on one line,
+ * "pymalloc-mt: PYTHONMALLOC=<value>: <reason>" for a refused name, which changes nothing
+ * (an unknown or unavailable name is never silently replaced). Call it at start-up, before
+ * any other thread runs. */
 PM_API int pm_init_from_env(void);
 
 /* ---- the object family -------------------------------------------------------------- *

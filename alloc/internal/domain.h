@@ -14,6 +14,10 @@
 /* Internal symbols: hidden, so the fast paths reach them without the GOT. */
 #pragma GCC visibility push(hidden)
 
+#ifdef __cplusplus
+extern "C" { /* white-box tests are C++ */
+#endif
+
 extern const pm_allocator *pm_domain_tables[PM_DOMAIN_COUNT];
 
 static inline const pm_allocator *pm_domain_current(pm_domain domain) {
@@ -22,6 +26,10 @@ static inline const pm_allocator *pm_domain_current(pm_domain domain) {
 
 /* The raw domain's default: the C library's allocator, adjusted to CPython's semantics. */
 extern const pm_allocator pm_system_allocator;
+
+#ifdef __cplusplus
+}
+#endif
 
 #pragma GCC visibility pop
 

@@ -22,6 +22,10 @@
 /* Internal symbols: hidden, so the fast paths reach them without the GOT. */
 #pragma GCC visibility push(hidden)
 
+#ifdef __cplusplus
+extern "C" { /* white-box tests are C++ */
+#endif
+
 typedef enum pm_counter {
     PM_COUNTER_RAW_MALLOC,
     PM_COUNTER_RAW_CALLOC,
@@ -55,6 +59,10 @@ static inline void pm_counter_add(pm_counter which, uint64_t delta) {
 
 /* Sums counter `which` over every block, live threads and exited ones. */
 uint64_t pm_counter_sum(pm_counter which);
+
+#ifdef __cplusplus
+}
+#endif
 
 #pragma GCC visibility pop
 
