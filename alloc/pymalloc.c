@@ -24,7 +24,7 @@
  * taking it again for the same class costs nothing); the arena reserve, not the pool
  * layer, is what stops a program that frees and reallocates from thrashing the OS.
  *
- * Choosing the pool size (256 KiB arenas; tools/bench, `bazel run -c opt //tools:bench`):
+ * Choosing the pool size (256 KiB arenas; `bazel run -c opt //tools/bench:compare`):
  * 4 KiB pools, the documented pymalloc geometry, leave the slow path every ~60 blocks of
  * 64 bytes and lose 1 pool in 64 when an arena is unaligned; 16 KiB pools take the slow
  * path a quarter as often and, with the arena allocator aligning arenas, lose nothing to
