@@ -17,11 +17,12 @@
  *       conservation: used + free-list length + never-carved blocks == capacity;
  *       free == NULL exactly when the pool is full (every block carved and in use);
  *       the pool's owner is a heap (the main heap: the only one in GIL mode).
- *  3. Per arena: the free-pool list holds only carved pools of the arena, each empty, ends
- *     within carved_pools steps, and is exactly as long as the number of empty pools found
- *     in step 2. A terminating list of distinct empty pools whose length equals the number
+ *  3. Per arena: the free-pool list holds only carved pools of the arena, each empty, and
+ *     ends within as many steps as step 2 found empty pools, having visited exactly that
+ *     many. A terminating list of distinct empty pools whose length equals the number
  *     of empty pools is the set of empty pools: nothing empty is lost, nothing else listed.
- *  4. pm_no_pool (the head of every empty used list) is still all zeros, and each of
+ *  4. pm_no_pool (the head of every empty used list) is still all zeros; every list of
+ *     pm_bypass_heap (the routes' stand-in while a hook is installed) is empty; each of
  *     pm_main_heap's 32 used lists is NULL-terminated with consistent prev links, ends
  *     within the number of used pools of its class (no cycle), holds only pools the arena
  *     map says are ours whose headers say "used, not full, this class, this heap", and has
@@ -254,6 +255,17 @@ static void check_no_pool(heap_walk *walk) {
     }
 }
 
+/* The bypass heap must look full in every class, so that the fast path always leaves it. */
+static void check_bypass_heap(heap_walk *walk) {
+    for (unsigned c = 0; c < PM_NUM_CLASSES; c++) {
+        if (pm_bypass_heap.used[c] != &pm_no_pool) {
+            fail(walk, "class %u: the bypass heap's used list holds %p (it must stay empty)", c,
+                 (const void *)pm_bypass_heap.used[c]);
+            return;
+        }
+    }
+}
+
 static void check_used_list(heap_walk *walk, const pm_heap *heap, unsigned c) {
     const class_census *census = &walk->classes[c];
     const pm_pool *head = heap->used[c];
@@ -328,6 +340,7 @@ const char *pm_heap_check(void) {
     memset(&walk, 0, sizeof walk);
     pm_arena_for_each(check_arena, &walk);
     if (walk.failure == NULL) check_no_pool(&walk);
+    if (walk.failure == NULL) check_bypass_heap(&walk);
     for (unsigned c = 0; c < PM_NUM_CLASSES && walk.failure == NULL; c++) {
         check_used_list(&walk, &pm_main_heap, c);
     }

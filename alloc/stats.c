@@ -145,6 +145,7 @@ static void print_value(FILE *out, const char *label, size_t value) {
 }
 
 void pm_print_stats(FILE *out) {
+    if (out == NULL) return;
     stats_snapshot s;
     take_snapshot(&s);
     char label[96];
