@@ -31,7 +31,7 @@
  * The arena map answers "is p in one of our pools?" for any pointer without touching p's
  * memory (alloc/internal/pymalloc.h has the encoding). It is a two-level radix tree over the
  * 48-bit address space: a static root of leaf pointers (virtual memory only until used) and
- * leaves of one 64-bit word per arena-sized chunk, mmap'd on demand and never freed. Writers
+ * leaves of two words per arena-sized chunk, mmap'd on demand and never freed. Writers
  * hold the GIL (later the arena lock); readers may run anywhere, so leaf pointers and entries
  * are published with atomics, and an arena's entries are cleared before its memory is given
  * back, so a pointer the OS later hands to someone else is never taken for ours.
@@ -138,7 +138,7 @@ static void descriptor_put(pm_arena *arena) {
 
 /* ---- the arena map ------------------------------------------------------------------- */
 
-static uint64_t *map_entry(uintptr_t address, bool create) {
+static pm_map_entry *map_entry(uintptr_t address, bool create) {
     uintptr_t key = address >> PM_ARENA_BITS;
     uintptr_t root_index = key >> PM_MAP_LEAF_BITS;
     if (root_index >= PM_MAP_ROOT_LENGTH) return NULL;
@@ -153,16 +153,6 @@ static uint64_t *map_entry(uintptr_t address, bool create) {
     return &leaf->chunk[key & (PM_MAP_LEAF_LENGTH - 1)];
 }
 
-static void map_set_low_end(uint64_t *entry, uint64_t low_end) {
-    uint64_t old = pm_atomic_load_u64_relaxed(entry);
-    pm_atomic_store_u64_relaxed(entry, (old & ~(uint64_t)0xFFFFFFFF) | low_end);
-}
-
-static void map_set_high_span(uint64_t *entry, uint64_t high_span) {
-    uint64_t old = pm_atomic_load_u64_relaxed(entry);
-    pm_atomic_store_u64_relaxed(entry, (old & 0xFFFFFFFF) | (high_span << 32));
-}
-
 /* Marks [lo, hi) ours (mark) or no longer ours (!mark). hi - lo <= PM_ARENA_SIZE, so the
  * range touches at most two chunks: the one lo is in and, if lo is not at a chunk start,
  * the next one. Returns false only when mark needs a leaf and none can be mapped (or the
@@ -170,18 +160,18 @@ static void map_set_high_span(uint64_t *entry, uint64_t high_span) {
 static bool map_update(uintptr_t lo, uintptr_t hi, bool mark) {
     uintptr_t chunk_base = lo & ~(uintptr_t)(PM_ARENA_SIZE - 1);
     uintptr_t next_base = chunk_base + PM_ARENA_SIZE;
-    uint64_t *first = map_entry(lo, mark);
-    uint64_t *second = NULL;
+    pm_map_entry *first = map_entry(lo, mark);
+    pm_map_entry *second = NULL;
     if (lo != chunk_base && hi > next_base) {
         second = map_entry(next_base, mark);
         if (second == NULL && mark) return false;
     }
     if (first == NULL) return !mark;
     if (lo == chunk_base) {
-        map_set_low_end(first, mark ? hi - chunk_base : 0);
+        pm_atomic_store_size_relaxed(&first->low_end, mark ? hi : 0);
     } else {
-        map_set_high_span(first, mark ? PM_ARENA_SIZE - (lo - chunk_base) : 0);
-        if (second != NULL) map_set_low_end(second, mark ? hi - next_base : 0);
+        pm_atomic_store_size_relaxed(&first->high_start_inverted, mark ? ~lo : 0);
+        if (second != NULL) pm_atomic_store_size_relaxed(&second->low_end, mark ? hi : 0);
     }
     return true;
 }
@@ -334,7 +324,7 @@ pm_pool *pm_arena_take_pool(void) {
         arena->carved_pools++;
         pool->arena = arena;
         pool->free = NULL;
-        pool->used = 0;
+        pool->used_state = 0;
         pool->carve_offset = (uint16_t)PM_POOL_HEADER_SIZE;
         pool->size_class = PM_NO_CLASS;
     }
@@ -376,9 +366,9 @@ static const char *check_one_arena(const pm_arena *a, char *buf, size_t size) {
             return FAIL("arena %p: free pool %p is not one of its pools", (void *)a->address,
                         (const void *)p);
         }
-        if (p->used != 0 || p->arena != a) {
-            return FAIL("arena %p: free pool %p has %u blocks in use", (void *)a->address,
-                        (const void *)p, p->used);
+        if (p->used_state != 0 || p->arena != a) {
+            return FAIL("arena %p: free pool %p has used state %#x", (void *)a->address,
+                        (const void *)p, p->used_state);
         }
         if (++listed > a->carved_pools) {
             return FAIL("arena %p: free-pool list longer than the pools carved (cycle?)",

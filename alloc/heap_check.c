@@ -107,13 +107,13 @@ static bool check_pool(heap_walk *walk, const pm_arena *arena, const pm_pool *po
     }
     if (pool->size_class == PM_NO_CLASS) {
         /* Taken from the arena but never given a class: nothing may have happened to it. */
-        if (pool->used != 0 || pool->free != NULL || pool->carve_offset != PM_POOL_HEADER_SIZE) {
+        if (pool->used_state != 0 || pool->free != NULL || pool->carve_offset != PM_POOL_HEADER_SIZE) {
             fail(walk,
-                 "pool %p (no class): never used, yet %u blocks in use, free list %p, "
+                 "pool %p (no class): never used, yet used state %#x, free list %p, "
                  "carve offset %u",
-                 at, pool->used, (const void *)pool->free, pool->carve_offset);
+                 at, pool->used_state, (const void *)pool->free, pool->carve_offset);
         }
-        return pool->used == 0;
+        return pool->used_state == 0;
     }
     unsigned size_class = pool->size_class;
     if (size_class >= PM_NUM_CLASSES) {
@@ -122,9 +122,9 @@ static bool check_pool(heap_walk *walk, const pm_arena *arena, const pm_pool *po
     }
     size_t size = pm_class_block_size(size_class);
     uint32_t capacity = pm_class_capacity(size_class);
-    if (pool->used > capacity) {
+    if (pm_pool_used(pool) > capacity) {
         fail(walk, "pool %p (class %u): %u blocks in use, more than its capacity of %u", at,
-             size_class, pool->used, capacity);
+             size_class, pm_pool_used(pool), capacity);
         return false;
     }
     size_t carve_offset = pool->carve_offset;
@@ -170,23 +170,29 @@ static bool check_pool(heap_walk *walk, const pm_arena *arena, const pm_pool *po
             return false;
         }
     }
-    if ((uint64_t)pool->used + listed + (capacity - carved) != capacity) {
+    if ((uint64_t)pm_pool_used(pool) + listed + (capacity - carved) != capacity) {
         fail(walk,
              "pool %p (class %u): %u blocks in use + %u free + %u never carved != capacity %u",
-             at, size_class, pool->used, listed, capacity - carved, capacity);
+             at, size_class, pm_pool_used(pool), listed, capacity - carved, capacity);
         return false;
     }
-    if (pool->free == NULL && pool->used != capacity) {
+    if (pool->free == NULL && pm_pool_used(pool) != capacity) {
         fail(walk,
              "pool %p (class %u): free list empty but the pool is not full "
              "(%u of %u blocks in use, %u never carved)",
-             at, size_class, pool->used, capacity, capacity - carved);
+             at, size_class, pm_pool_used(pool), capacity, capacity - carved);
         return false;
     }
-    if (pool->used == 0) return true;
+    if (pm_pool_full(pool) != (pool->free == NULL)) {
+        fail(walk, "pool %p (class %u): the full flag is %s but the free list is %s", at,
+             size_class, pm_pool_full(pool) ? "set" : "clear",
+             pool->free == NULL ? "empty" : "not empty");
+        return false;
+    }
+    if (pm_pool_used(pool) == 0) return true;
     if (!is_heap(pool->owner)) {
         fail(walk, "pool %p (class %u): %u blocks in use but its owner %p is not a heap", at,
-             size_class, pool->used, (const void *)pool->owner);
+             size_class, pm_pool_used(pool), (const void *)pool->owner);
         return false;
     }
     if (pool->free != NULL && pool->owner == &pm_main_heap) {
@@ -227,9 +233,9 @@ static void check_arena(const pm_arena *arena, void *arg) {
                  (const void *)p);
             return;
         }
-        if (p->used != 0) {
+        if (pm_pool_used(p) != 0) {
             fail(walk, "arena %p: pool %p is on the free-pool list with %u blocks in use", at,
-                 (const void *)p, p->used);
+                 (const void *)p, pm_pool_used(p));
             return;
         }
         if (++listed > empty) {
@@ -248,10 +254,10 @@ static void check_arena(const pm_arena *arena, void *arg) {
 
 static void check_no_pool(heap_walk *walk) {
     const pm_pool *np = &pm_no_pool;
-    if (np->free != NULL || np->next != NULL || np->prev != NULL || np->used != 0) {
+    if (np->free != NULL || np->next != NULL || np->prev != NULL || np->used_state != 0) {
         fail(walk,
              "pm_no_pool (the empty-list head) was written: free %p, next %p, prev %p, used %u",
-             (const void *)np->free, (const void *)np->next, (const void *)np->prev, np->used);
+             (const void *)np->free, (const void *)np->next, (const void *)np->prev, np->used_state);
     }
 }
 
@@ -305,7 +311,7 @@ static void check_used_list(heap_walk *walk, const pm_heap *heap, unsigned c) {
                      p->size_class);
                 return;
             }
-            if (p->used == 0) {
+            if (pm_pool_used(p) == 0) {
                 fail(walk, "class %u: empty pool %p is on the used list", c, at);
                 return;
             }

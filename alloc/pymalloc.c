@@ -115,8 +115,17 @@ static void *malloc_through_table(size_t nbytes, int route) {
 
 /* ---- slow paths ---------------------------------------------------------------------- */
 
+/* malloc took the last free block of `pool`, which is the head of its list (malloc only
+ * ever takes from the head). */
 void *pm_pymalloc_pool_exhausted(pm_pool *pool, pm_block *block) {
-    if (!pool_carve(pool)) heap_unlink(pool->owner, pool); /* full: on no list */
+    if (pool_carve(pool)) return block;
+    /* Full: off the list until a block comes back. */
+    pm_heap *heap = pool->owner;
+    pm_pool *next = pool->next;
+    heap->used[pool->size_class] = next != NULL ? next : &pm_no_pool;
+    if (next != NULL) next->prev = NULL;
+    pool->next = NULL;
+    pool->used_state |= PM_POOL_FULL;
     return block;
 }
 
@@ -135,8 +144,8 @@ static void *malloc_from_new_pool(pm_heap *heap, size_t size_class) {
     heap_push_front(heap, pool);
     pm_block *block = pool->free;
     pool->free = block->next;
-    pool->used++;
-    if (pool->free == NULL) pm_pymalloc_pool_exhausted(pool, block);
+    pool->used_state++;
+    if (pool->free == NULL) return pm_pymalloc_pool_exhausted(pool, block);
     return block;
 }
 
@@ -150,13 +159,21 @@ void *pm_pymalloc_malloc_slow(pm_heap *heap, size_t nbytes, int route) {
     return p;
 }
 
-void pm_pymalloc_free_slow(pm_pool *pool, pm_block *was_free, uint32_t used) {
-    if (used == 0) {
-        if (was_free != NULL) heap_unlink(pool->owner, pool); /* a full pool is on no list */
-        pm_arena_return_pool(pool);
+/* free's fast path found used_state <= 0: the pool was full, or is now empty, or both (a
+ * pool of one block). */
+void pm_pymalloc_free_slow(pm_pool *pool) {
+    uint32_t state = pool->used_state;
+    if (state & PM_POOL_FULL) {
+        pool->used_state = state & ~PM_POOL_FULL;
+        if (pool->used_state == 0) {
+            pm_arena_return_pool(pool); /* full and now empty: it was on no list */
+            return;
+        }
+        heap_push_front(pool->owner, pool); /* CPython puts it at the front too */
         return;
     }
-    heap_push_front(pool->owner, pool); /* was full; CPython puts it at the front too */
+    heap_unlink(pool->owner, pool); /* empty */
+    pm_arena_return_pool(pool);
 }
 
 void pm_pymalloc_free_unowned(void *p, int route) {

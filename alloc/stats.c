@@ -73,17 +73,17 @@ static void snapshot_arena(const pm_arena *arena, void *arg) {
         const pm_pool *pool = pool_at(arena, i);
         /* Empty pools are unused pools; a class out of range is corruption that
          * pm_heap_check() reports, and counting it would index past the table. */
-        if (pool->used == 0 || pool->size_class >= PM_NUM_CLASSES) continue;
+        if (pm_pool_used(pool) == 0 || pool->size_class >= PM_NUM_CLASSES) continue;
         size_t size = pm_class_block_size(pool->size_class);
         size_t capacity = pm_class_capacity(pool->size_class);
-        size_t avail = capacity >= pool->used ? capacity - pool->used : 0;
+        size_t avail = capacity >= pm_pool_used(pool) ? capacity - pm_pool_used(pool) : 0;
         class_stats *c = &s->classes[pool->size_class];
         c->pools++;
-        c->blocks_in_use += pool->used;
+        c->blocks_in_use += pm_pool_used(pool);
         c->avail_blocks += avail;
         s->pools_in_use++;
-        s->pool_blocks += pool->used;
-        s->allocated_bytes += (size_t)pool->used * size;
+        s->pool_blocks += pm_pool_used(pool);
+        s->allocated_bytes += (size_t)pm_pool_used(pool) * size;
         s->available_bytes += avail * size;
         s->header_bytes += PM_POOL_HEADER_SIZE;
         s->quantization_bytes += (PM_POOL_SIZE - PM_POOL_HEADER_SIZE) % size;

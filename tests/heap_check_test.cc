@@ -99,7 +99,7 @@ class HeapCheckTest : public ::testing::Test {
         Free(mine[1]);
         Free(mine[3]);
         Free(mine[5]);
-        EXPECT_GE(pool->used, 5u);
+        EXPECT_GE(pm_pool_used(pool), 5u);
         EXPECT_NE(pool->free, nullptr);
         EXPECT_GE(FreeListLength(pool), 3u);
         EXPECT_EQ(pm_heap_check(), nullptr);
@@ -188,7 +188,7 @@ TEST_F(HeapCheckTest, PassesWithFullPools) {
     const uint32_t capacity = pm_class_capacity(31);
     for (uint32_t i = 0; i < 2 * capacity + 5; i++) Alloc(512);
     bool found_full = false;
-    for (void *p : blocks_) found_full |= pm_pool_of(p)->used == capacity;
+    for (void *p : blocks_) found_full |= pm_pool_used(pm_pool_of(p)) == capacity;
     EXPECT_TRUE(found_full);
     EXPECT_EQ(pm_heap_check(), nullptr);
 }
@@ -253,25 +253,25 @@ TEST_F(HeapCheckTest, DetectsADoubleFree) {
     EXPECT_TRUE(ReportsProblem(pm_heap_check(), "a cycle or a duplicate"));
     // Undo the second free: the block stays free once, as after the first.
     static_cast<pm_block *>(victim)->next = head_before;
-    pool->used++;
+    pool->used_state++;
 }
 
 // ---- pool-header damage ---------------------------------------------------------------
 
 TEST_F(HeapCheckTest, DetectsUsedCountThatDoesNotAddUp) {
     pm_pool *pool = UsedPool(7);
-    pool->used++;
+    pool->used_state++;
     EXPECT_TRUE(ReportsProblem(pm_heap_check(), "blocks in use +"));
     EXPECT_TRUE(ReportsProblem(pm_heap_check(), "!= capacity"));
-    pool->used--;
+    pool->used_state--;
 }
 
 TEST_F(HeapCheckTest, DetectsUsedCountOverCapacity) {
     pm_pool *pool = UsedPool(7);
-    uint32_t saved = pool->used;
-    pool->used = pm_class_capacity(7) + 1;
+    uint32_t saved = pool->used_state;
+    pool->used_state = pm_class_capacity(7) + 1;
     EXPECT_TRUE(ReportsProblem(pm_heap_check(), "more than its capacity"));
-    pool->used = saved;
+    pool->used_state = saved;
 }
 
 TEST_F(HeapCheckTest, DetectsInvalidSizeClass) {
@@ -305,12 +305,29 @@ TEST_F(HeapCheckTest, DetectsEmptyFreeListInAPoolThatIsNotFull) {
                                             pm_class_block_size(29));
     ASSERT_LT(carved, pm_class_capacity(29));
     pm_block *saved_free = pool->free;
-    uint32_t saved_used = pool->used;
+    uint32_t saved_used = pool->used_state;
     pool->free = nullptr;
-    pool->used = carved;
+    pool->used_state = carved;
     EXPECT_TRUE(ReportsProblem(pm_heap_check(), "free list empty but the pool is not full"));
     pool->free = saved_free;
-    pool->used = saved_used;
+    pool->used_state = saved_used;
+}
+
+TEST_F(HeapCheckTest, DetectsAFullPoolWithoutItsFullFlag) {
+    // free's fast path relies on the flag to notice a block coming back to a full pool.
+    size_t capacity = pm_class_capacity(pm_size_class(400));
+    std::vector<void *> blocks;
+    for (size_t i = 0; i < capacity; i++) blocks.push_back(Alloc(400));
+    pm_pool *full = nullptr;
+    for (void *p : blocks) {
+        if (pm_pool_of(p)->free == nullptr) full = pm_pool_of(p);
+    }
+    ASSERT_NE(full, nullptr);
+    ASSERT_TRUE(pm_pool_full(full));
+    full->used_state &= ~PM_POOL_FULL;
+    EXPECT_TRUE(ReportsProblem(pm_heap_check(), "the full flag is clear but the free list is empty"));
+    full->used_state |= PM_POOL_FULL;
+    for (void *p : blocks) Free(p);
 }
 
 TEST_F(HeapCheckTest, DetectsAClasslessPoolThatHasBeenUsed) {
@@ -319,9 +336,9 @@ TEST_F(HeapCheckTest, DetectsAClasslessPoolThatHasBeenUsed) {
     pm_set_arena_reserve(64 * PM_ARENA_SIZE);
     void *p = Alloc(496);  // class 30, used by no other test
     pm_pool *pool = pm_pool_of(p);
-    ASSERT_EQ(pool->used, 1u);
+    ASSERT_EQ(pm_pool_used(pool), 1u);
     Free(p);
-    ASSERT_EQ(pool->used, 0u);
+    ASSERT_EQ(pm_pool_used(pool), 0u);
     ASSERT_NE(pool->free, nullptr);
     uint16_t saved = pool->size_class;
     pool->size_class = PM_NO_CLASS;
@@ -433,7 +450,7 @@ TEST_F(HeapCheckTest, DetectsAFullPoolOnAUsedList) {
     for (uint32_t i = 0; i < 2 * capacity + 5; i++) Alloc(512);
     pm_pool *full = nullptr;
     for (void *p : blocks_) {
-        if (pm_pool_of(p)->used == capacity) full = pm_pool_of(p);
+        if (pm_pool_used(pm_pool_of(p)) == capacity) full = pm_pool_of(p);
     }
     ASSERT_NE(full, nullptr);
     ASSERT_EQ(full->next, nullptr);
@@ -450,7 +467,7 @@ TEST_F(HeapCheckTest, DetectsAnEmptyPoolOnAUsedList) {
     for (uint32_t i = 0; i < capacity + 5; i++) Alloc(512);
     pm_pool *empty = nullptr;
     for (void *p : blocks_) {
-        if (pm_pool_of(p)->used == capacity) empty = pm_pool_of(p);
+        if (pm_pool_used(pm_pool_of(p)) == capacity) empty = pm_pool_of(p);
     }
     ASSERT_NE(empty, nullptr);
     std::vector<void *> in_empty;
@@ -458,7 +475,7 @@ TEST_F(HeapCheckTest, DetectsAnEmptyPoolOnAUsedList) {
         if (pm_pool_of(p) == empty) in_empty.push_back(p);
     }
     for (void *p : in_empty) Free(p);  // the pool goes back to its arena's free-pool list
-    ASSERT_EQ(empty->used, 0u);
+    ASSERT_EQ(pm_pool_used(empty), 0u);
     ASSERT_EQ(empty->prev, nullptr);
     ASSERT_EQ(pm_heap_check(), nullptr);
     // Its `next` is the arena free-pool link; the used-list walk stops at the empty pool.
@@ -507,7 +524,7 @@ TEST_F(HeapCheckTest, DetectsAnArenaPoolCountThatDoesNotFit) {
 
 TEST_F(HeapCheckTest, ReportBufferIsPerThread) {
     pm_pool *pool = UsedPool(7);
-    pool->used++;
+    pool->used_state++;
     const char *mine = pm_heap_check();
     ASSERT_NE(mine, nullptr);
     std::string copy = mine;
@@ -520,7 +537,7 @@ TEST_F(HeapCheckTest, ReportBufferIsPerThread) {
         if (theirs != nullptr) their_copy = theirs;
     });
     other.join();
-    pool->used--;
+    pool->used_state--;
     EXPECT_NE(theirs, mine);
     EXPECT_EQ(their_copy, copy);
     EXPECT_EQ(std::string(mine), copy);

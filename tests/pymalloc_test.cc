@@ -366,8 +366,10 @@ TEST_F(PymallocTest, AFullPoolReturnsToTheFrontOfItsList) {
     pm_pool *other = pm_pool_of(blocks.back());
     ASSERT_NE(full, other);
     EXPECT_EQ(full->free, nullptr);
+    EXPECT_TRUE(pm_pool_full(full));
     EXPECT_EQ(pm_main_heap.used[pm_size_class(400)], other);
     pm_obj_free(blocks.front());
+    EXPECT_FALSE(pm_pool_full(full));
     EXPECT_EQ(pm_main_heap.used[pm_size_class(400)], full);
     EXPECT_EQ(pm_obj_malloc(400), blocks.front()) << "LIFO: the block just freed comes back";
     for (void *b : blocks) pm_obj_free(b);

@@ -17,9 +17,10 @@
  *   empty --malloc--> used --last free block taken--> full --a block freed--> used (front)
  *   used --last block freed--> empty (back to the arena)
  *
- * Invariant that the fast paths rely on: pool->free == NULL exactly when the pool is full.
- * malloc keeps it by carving more blocks (or unlinking the pool) when it takes the last free
- * block; free detects "was full" by finding free == NULL before pushing.
+ * Invariant that the fast paths rely on: pool->free == NULL exactly when the pool is full, and
+ * then PM_POOL_FULL is set in used_state. malloc keeps it by carving more blocks (or
+ * unlinking the pool and setting the flag) when it takes the last free block; free finds
+ * "was full" or "now empty" in one test of used_state.
  *
  * Ownership. Every pool names its owner heap. With the GIL there is one heap; the
  * per-thread caches give each thread its own heap, and the pool header is where a block
@@ -96,12 +97,27 @@ typedef struct pm_pool {
     struct pm_pool *prev;    /* used list only */
     struct pm_arena *arena;  /* the arena the pool was carved from */
     struct pm_heap *owner;   /* the heap whose used list takes the pool when it has room */
-    uint32_t used;           /* blocks handed out */
+    uint32_t used_state;     /* blocks handed out, plus PM_POOL_FULL while the pool is full */
     uint16_t carve_offset;   /* offset of the first never-carved block */
     uint16_t size_class;     /* PM_NO_CLASS until the pool first serves a class */
 } pm_pool;
 
 #define PM_POOL_HEADER_SIZE sizeof(pm_pool)
+
+/* Set in used_state while a pool is full (and so on no list). Keeping the flag in the count's
+ * word lets free's fast path decide "slow path?" with one decrement and one sign test: the
+ * result is <= 0 as a signed number exactly when the pool was full (flag set) or has just
+ * become empty (count 0). A pool on a used list never has the flag, so malloc's increment
+ * leaves it alone. */
+#define PM_POOL_FULL 0x80000000u
+
+static inline uint32_t pm_pool_used(const pm_pool *pool) {
+    return pool->used_state & ~PM_POOL_FULL;
+}
+
+static inline bool pm_pool_full(const pm_pool *pool) {
+    return (pool->used_state & PM_POOL_FULL) != 0;
+}
 #define PM_NO_CLASS 0xFFFF
 static_assert(sizeof(pm_pool) == 48, "pool header layout");
 static_assert(sizeof(pm_pool) % PM_ALIGNMENT == 0, "blocks after the header stay aligned");
@@ -152,9 +168,16 @@ extern pm_pymalloc_counters pm_counters;
 /* ---- the arena map: "is this pointer ours?" ------------------------------------------ */
 
 /* Address space is cut into chunks of PM_ARENA_SIZE. An arena's pools [lo, hi) cover at most
- * two chunks, so each chunk says which offsets are ours with two numbers packed in one word:
- * offsets below `low_end` belong to an arena that began at or before the chunk, offsets at or
- * above PM_ARENA_SIZE - high_span to one that began inside it. A zeroed entry owns nothing. */
+ * two chunks, and each chunk is shared by at most two arenas: one that began at or before the
+ * chunk's start and ends inside it (the chunk's low part) and one that begins inside it (its
+ * high part). So a chunk's entry holds two absolute addresses:
+ *
+ *   chunk:  [ low part: ours below low_end | ... | high part: ours from high_start on ]
+ *
+ * p is ours when p < low_end, or when p >= high_start. The common case, an arena aligned to
+ * its size, is one chunk whose low_end is the chunk's end: one compare of p with memory.
+ * high_start is stored complemented so that a zeroed entry (a fresh leaf) owns nothing. Each
+ * word is a fact of its own and is updated atomically, so a reader never needs both to agree. */
 #define PM_ADDRESS_BITS 48
 #define PM_MAP_KEY_BITS (PM_ADDRESS_BITS - PM_ARENA_BITS)
 #define PM_MAP_LEAF_BITS (PM_MAP_KEY_BITS / 2)
@@ -162,8 +185,13 @@ extern pm_pymalloc_counters pm_counters;
 #define PM_MAP_ROOT_LENGTH ((size_t)1 << PM_MAP_ROOT_BITS)
 #define PM_MAP_LEAF_LENGTH ((size_t)1 << PM_MAP_LEAF_BITS)
 
+typedef struct pm_map_entry {
+    uintptr_t low_end;              /* p < low_end is ours; 0: no low part */
+    uintptr_t high_start_inverted;  /* ~p <= this is ours; 0: no high part */
+} pm_map_entry;
+
 typedef struct pm_map_leaf {
-    uint64_t chunk[PM_MAP_LEAF_LENGTH]; /* low_end | high_span << 32 */
+    pm_map_entry chunk[PM_MAP_LEAF_LENGTH];
 } pm_map_leaf;
 
 extern pm_map_leaf *pm_map_root[PM_MAP_ROOT_LENGTH];
@@ -172,14 +200,13 @@ extern pm_map_leaf *pm_map_root[PM_MAP_ROOT_LENGTH];
  * pm_map_root, or a domain route's stand-in that owns nothing (see pm_domain_route). */
 static inline bool pm_map_owns(pm_map_leaf *const *root, const void *p) {
     uintptr_t address = (uintptr_t)p;
-    uintptr_t key = address >> PM_ARENA_BITS;
-    uintptr_t root_index = key >> PM_MAP_LEAF_BITS;
+    uintptr_t root_index = address >> (PM_ARENA_BITS + PM_MAP_LEAF_BITS);
     if (root_index >= PM_MAP_ROOT_LENGTH) return false;
     const pm_map_leaf *leaf = (const pm_map_leaf *)pm_atomic_load_ptr_acquire(&root[root_index]);
     if (leaf == NULL) return false;
-    uint64_t entry = pm_atomic_load_u64_relaxed(&leaf->chunk[key & (PM_MAP_LEAF_LENGTH - 1)]);
-    uint64_t offset = address & (PM_ARENA_SIZE - 1);
-    return offset < (uint32_t)entry || offset + (entry >> 32) >= PM_ARENA_SIZE;
+    const pm_map_entry *entry = &leaf->chunk[(address >> PM_ARENA_BITS) & (PM_MAP_LEAF_LENGTH - 1)];
+    if (address < pm_atomic_load_size_relaxed(&entry->low_end)) return true;
+    return ~address <= pm_atomic_load_size_relaxed(&entry->high_start_inverted);
 }
 
 static inline bool pm_pymalloc_owns(const void *p) {
@@ -234,7 +261,7 @@ void pm_domain_route_update(pm_domain domain, const pm_allocator *installed);
 
 void *pm_pymalloc_malloc_slow(pm_heap *heap, size_t nbytes, int route);
 void *pm_pymalloc_pool_exhausted(pm_pool *pool, pm_block *block);
-void pm_pymalloc_free_slow(pm_pool *pool, pm_block *was_free, uint32_t used);
+void pm_pymalloc_free_slow(pm_pool *pool);
 void pm_pymalloc_free_unowned(void *p, int route);
 
 void *pm_pymalloc_calloc(void *ctx, size_t nelem, size_t elsize);
@@ -255,7 +282,7 @@ static inline void *pm_pymalloc_malloc_inline(pm_heap *heap, size_t nbytes, int 
         if (__builtin_expect(block != NULL, 1)) {
             pm_block *next = block->next;
             pool->free = next;
-            pool->used++;
+            pool->used_state++;
             if (__builtin_expect(next == NULL, 0)) return pm_pymalloc_pool_exhausted(pool, block);
             return block;
         }
@@ -271,13 +298,9 @@ static inline void pm_pymalloc_free_inline(pm_map_leaf *const *map_root, void *p
     }
     pm_pool *pool = pm_pool_of(p);
     pm_block *block = (pm_block *)p;
-    pm_block *was_free = pool->free;
-    block->next = was_free;
+    block->next = pool->free;
     pool->free = block;
-    uint32_t used = --pool->used;
-    if (__builtin_expect(was_free == NULL || used == 0, 0)) {
-        pm_pymalloc_free_slow(pool, was_free, used);
-    }
+    if (__builtin_expect((int32_t)--pool->used_state <= 0, 0)) pm_pymalloc_free_slow(pool);
 }
 
 #ifdef __cplusplus
