@@ -118,7 +118,9 @@ static void *malloc_through_table(size_t nbytes, int route) {
 /* malloc took the last free block of `pool`, which is the head of its list (malloc only
  * ever takes from the head). */
 void *pm_pymalloc_pool_exhausted(pm_pool *pool, pm_block *block) {
-    if (pool_carve(pool)) return block;
+    /* In steady state most exhausted pools are fully carved: test that before calling. */
+    bool carvable = pool->carve_offset + pm_class_block_size(pool->size_class) <= PM_POOL_SIZE;
+    if (carvable && pool_carve(pool)) return block;
     /* Full: off the list until a block comes back. */
     pm_heap *heap = pool->owner;
     pm_pool *next = pool->next;

@@ -140,7 +140,7 @@ def rows_for(kernel, selected):
 
 def row_label(kernel, row):
     if kernel.reserve_rows and row is PYMALLOC_MT:
-        return "pymalloc-mt (reserve 1 MiB, default)"
+        return "pymalloc-mt (reserve 512 KiB, default)"
     return row.label
 
 
