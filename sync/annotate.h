@@ -55,6 +55,8 @@
 #define PM_ASSERT_CAPABILITY(x) PM_THREAD_ANNOTATION(assert_capability(x))
 /* On a function returning a reference to a lock, e.g. "the lock of this pool". */
 #define PM_RETURN_CAPABILITY(x) PM_THREAD_ANNOTATION(lock_returned(x))
+/* On a C++ class whose constructor acquires and destructor releases (an RAII guard). */
+#define PM_SCOPED_CAPABILITY PM_THREAD_ANNOTATION(scoped_lockable)
 /* On variables (globals in C; fields only in C++ with clang 14): protected by the lock. */
 #define PM_GUARDED_BY(x) PM_THREAD_ANNOTATION(guarded_by(x))
 #define PM_PT_GUARDED_BY(x) PM_THREAD_ANNOTATION(pt_guarded_by(x))

@@ -51,6 +51,20 @@ pm_allocator Current(pm_domain domain) {
     return a;
 }
 
+// Puts a domain's allocator back when a test leaves early (a failed ASSERT), so a hook whose
+// ctx lives on the test's stack is never called after the test returns.
+class RestoreOnExit {
+  public:
+    explicit RestoreOnExit(pm_domain domain) : domain_(domain), saved_(Current(domain)) {}
+    ~RestoreOnExit() { pm_set_allocator(domain_, &saved_); }
+    RestoreOnExit(const RestoreOnExit &) = delete;
+    RestoreOnExit &operator=(const RestoreOnExit &) = delete;
+
+  private:
+    pm_domain domain_;
+    pm_allocator saved_;
+};
+
 // ---- a hook that records every call -----------------------------------------------------
 
 enum class Fn { kMalloc, kCalloc, kRealloc, kFree };
@@ -233,6 +247,7 @@ class HookTest : public ::testing::TestWithParam<DomainApi> {};
 TEST_P(HookTest, EveryCallReachesTheHookUnchanged) {
     const DomainApi &d = GetParam();
     const pm_allocator original = Current(d.domain);
+    RestoreOnExit restore(d.domain);
     Recorder rec;
     ASSERT_TRUE(Wrap(d.domain, &rec.saved, RecorderAllocator(&rec)));
     EXPECT_TRUE(SameAllocator(original, rec.saved));
@@ -300,6 +315,7 @@ TEST_P(HookTest, EveryCallReachesTheHookUnchanged) {
 TEST_P(HookTest, WrappersNestAndUnwindToTheOriginal) {
     const DomainApi &d = GetParam();
     const pm_allocator original = Current(d.domain);
+    RestoreOnExit restore(d.domain);
     std::vector<std::string> log;
     Layer inner;
     inner.name = "inner";
@@ -352,6 +368,7 @@ TEST_P(HookTest, WrappersNestAndUnwindToTheOriginal) {
 TEST_P(HookTest, AHookInstalledLaterFreesEarlierBlocksThroughTheAllocatorThatMadeThem) {
     const DomainApi &d = GetParam();
     const pm_allocator original = Current(d.domain);
+    RestoreOnExit restore(d.domain);
     Owner owner;  // a base allocator, replacing the default for this test
     const pm_allocator owner_allocator = owner.AsAllocator();
     ASSERT_EQ(0, pm_set_allocator(d.domain, &owner_allocator));
@@ -388,6 +405,7 @@ TEST_P(HookTest, TheDomainHandsAFreeToWhateverIsInstalledNow) {
     // Why hooks must wrap: the domain does not remember which allocator made a block.
     const DomainApi &d = GetParam();
     const pm_allocator original = Current(d.domain);
+    RestoreOnExit restore(d.domain);
     Owner maker;
     Owner stranger;
     const pm_allocator maker_allocator = maker.AsAllocator();
@@ -413,6 +431,9 @@ INSTANTIATE_TEST_SUITE_P(AllDomains, HookTest, ::testing::ValuesIn(kDomains),
                          });
 
 TEST(HookTablesTest, EachDomainHasItsOwnTable) {
+    RestoreOnExit restore_raw(PM_DOMAIN_RAW);
+    RestoreOnExit restore_mem(PM_DOMAIN_MEM);
+    RestoreOnExit restore_obj(PM_DOMAIN_OBJ);
     Recorder rec[PM_DOMAIN_COUNT];
     for (int i = 0; i < PM_DOMAIN_COUNT; i++) {
         ASSERT_TRUE(Wrap(static_cast<pm_domain>(i), &rec[i].saved, RecorderAllocator(&rec[i])));
@@ -439,6 +460,7 @@ TEST(HookTablesTest, ManyDistinctAllocatorsStayDistinct) {
     // More distinct allocators than the tables keep in their first, static batch of records.
     constexpr int kLayers = 150;
     const pm_allocator original = Current(PM_DOMAIN_RAW);
+    RestoreOnExit restore(PM_DOMAIN_RAW);
     std::vector<Layer> layers(kLayers);
     for (int i = 0; i < kLayers; i++) {
         layers[i].name = "layer" + std::to_string(i);

@@ -299,7 +299,7 @@ TEST_P(ArgumentRulesTest, ReallocToZeroReturnsAUsableBlockAndNeverFrees) {
 TEST_P(ArgumentRulesTest, ReallocPreservesContent) {
     const DomainApi &d = GetParam();
     // Grow and shrink across small, medium and large sizes; the common prefix survives.
-    const size_t sizes[] = {1, 16, 17, 512, 513, 100, 4096, 300000, 8, 1000, 3};
+    const size_t sizes[] = {1, 16, 0, 17, 512, 513, 0, 100, 4096, 300000, 0, 8, 1000, 3};
     size_t size = 24;
     void *p = d.malloc(size);
     ASSERT_NE(nullptr, p);
@@ -740,6 +740,99 @@ TEST(RawStatsTest, TableCallsAndReadingDoNotMoveRawCounters) {
     pm_get_raw_stats(&ignored);
     pm_get_raw_stats(nullptr);  // tolerated
     EXPECT_TRUE(Moved(s, Stats(), {0, 0, 0, 0, 0, 0}));
+}
+
+// ---- the failing allocator itself (tests/support) ---------------------------------------
+
+TEST(FailingAllocatorTest, FailsExactlyTheNthCallFromArming) {
+    ScopedFailing failing(PM_DOMAIN_RAW);
+    void *warmup = pm_raw_malloc(8);  // calls before arming do not count towards N
+    ASSERT_NE(nullptr, warmup);
+    pm_fail_nth(failing.policy(), 3);
+    void *p[5];
+    for (void *&q : p) q = pm_raw_malloc(16);
+    EXPECT_NE(nullptr, p[0]);
+    EXPECT_NE(nullptr, p[1]);
+    EXPECT_EQ(nullptr, p[2]);
+    EXPECT_NE(nullptr, p[3]);
+    EXPECT_NE(nullptr, p[4]);
+    for (void *q : p) pm_raw_free(q);
+    pm_raw_free(warmup);
+    pm_failing_counts c = failing.counts();
+    EXPECT_EQ(6u, c.mallocs);
+    EXPECT_EQ(1u, c.failures);
+    EXPECT_EQ(5u, c.frees);  // free(NULL) of p[2] never reaches a raw allocator
+    EXPECT_EQ(6u, pm_fail_policy_calls(failing.policy()));
+}
+
+TEST(FailingAllocatorTest, FailsEveryCallFromTheNthUntilDisarmed) {
+    ScopedFailing failing(PM_DOMAIN_RAW);
+    pm_fail_from_nth(failing.policy(), 2);
+    void *first = pm_raw_malloc(8);
+    EXPECT_NE(nullptr, first);
+    EXPECT_EQ(nullptr, pm_raw_malloc(8));
+    EXPECT_EQ(nullptr, pm_raw_calloc(1, 8));
+    EXPECT_EQ(nullptr, pm_raw_realloc(first, 64));
+    EXPECT_EQ(nullptr, pm_raw_realloc(nullptr, 64));
+    EXPECT_EQ(4u, failing.counts().failures);
+    pm_fail_never(failing.policy());
+    void *again = pm_raw_realloc(first, 64);
+    EXPECT_NE(nullptr, again);
+    pm_raw_free(again);
+}
+
+TEST(FailingAllocatorTest, FailsRequestsFromASizeOn) {
+    ScopedFailing failing(PM_DOMAIN_RAW);
+    pm_fail_size_at_least(failing.policy(), 1000);
+    void *p = pm_raw_malloc(999);
+    EXPECT_NE(nullptr, p);
+    EXPECT_EQ(nullptr, pm_raw_malloc(1000));
+    EXPECT_EQ(nullptr, pm_raw_calloc(10, 100));  // judged by nelem * elsize
+    void *q = pm_raw_calloc(9, 111);
+    EXPECT_NE(nullptr, q);
+    EXPECT_EQ(nullptr, pm_raw_realloc(p, 5000));
+    void *r = pm_raw_realloc(p, 10);
+    EXPECT_NE(nullptr, r);
+    pm_raw_free(q);
+    pm_raw_free(r);
+    EXPECT_EQ(3u, failing.counts().failures);
+}
+
+TEST(FailingAllocatorTest, AFailedCallNeverReachesTheWrappedAllocator) {
+    // Static: should an ASSERT end the test early, they stay valid while installed.
+    static pm_failing_allocator inner, outer;
+    ASSERT_EQ(0, pm_failing_allocator_install(&inner, PM_DOMAIN_RAW));
+    ASSERT_EQ(0, pm_failing_allocator_install(&outer, PM_DOMAIN_RAW));
+    pm_allocator installed;
+    ASSERT_EQ(0, pm_get_allocator(PM_DOMAIN_RAW, &installed));
+    EXPECT_TRUE(SameAllocator(pm_failing_allocator_as_allocator(&outer), installed));
+
+    pm_fail_from_nth(&outer.policy, 1);
+    EXPECT_EQ(nullptr, pm_raw_malloc(8));
+    EXPECT_EQ(nullptr, pm_raw_calloc(2, 2));
+    pm_fail_never(&outer.policy);
+    void *p = pm_raw_malloc(8);  // passes through both
+    ASSERT_NE(nullptr, p);
+    pm_raw_free(p);
+    pm_failing_counts in = pm_failing_allocator_counts(&inner);
+    EXPECT_EQ(1u, in.mallocs);
+    EXPECT_EQ(0u, in.callocs);
+    EXPECT_EQ(1u, in.frees);
+    EXPECT_EQ(0u, in.failures);
+    EXPECT_EQ(2u, pm_failing_allocator_counts(&outer).failures);
+
+    // Unwinding out of order is refused; in order it restores the original.
+    errno = 0;
+    EXPECT_EQ(-1, pm_failing_allocator_uninstall(&inner));
+    EXPECT_EQ(EBUSY, errno);
+    ASSERT_EQ(0, pm_failing_allocator_uninstall(&outer));
+    ASSERT_EQ(0, pm_failing_allocator_uninstall(&inner));
+    errno = 0;
+    EXPECT_EQ(-1, pm_failing_allocator_uninstall(&inner));
+    EXPECT_EQ(EINVAL, errno);
+    pm_allocator now;
+    ASSERT_EQ(0, pm_get_allocator(PM_DOMAIN_RAW, &now));
+    EXPECT_TRUE(SameAllocator(inner.wrapped, now));
 }
 
 // ---- alloc/pymem_compat.h ------------------------------------------------------------

@@ -14,6 +14,9 @@
 // whether a later thread adopts their counter block or more threads run at once than the
 // library has static blocks for.
 //
+// FailingAllocatorCountsEveryThreadsCalls: the test-support counters lose nothing under
+// concurrent calls.
+//
 // No timing assertions; sizes are smaller under ThreadSanitizer.
 
 #include <stddef.h>
@@ -31,6 +34,7 @@
 
 #include "alloc/pymalloc_mt.h"
 #include "gtest/gtest.h"
+#include "tests/support/failing_allocators.h"
 
 namespace {
 
@@ -47,8 +51,9 @@ constexpr bool kTsan = false;
 #endif
 
 constexpr int kWorkers = 4;
-constexpr int kOpsPerWorker = kTsan ? 6000 : 40000;
-constexpr uint64_t kMinSwaps = kTsan ? 2000 : 20000;
+constexpr int kOpsPerWorker = kTsan ? 10000 : 40000;
+constexpr uint64_t kMinSwaps = kTsan ? 10000 : 50000;
+constexpr uint64_t kWaitEvery = 31;
 constexpr int kSlots = 64;
 
 bool SameAllocator(const pm_allocator &a, const pm_allocator &b) {
@@ -246,8 +251,9 @@ TEST(RawStressTest, SwappingHooksUnderLoad) {
 
     std::atomic<bool> workers_done{false};
     std::atomic<int> set_failures{0};
-    // Each installation waits until some call has gone through it, so the two hooks take
-    // turns under load whatever the scheduler does (and neither goes unused).
+    // Every kWaitEvery-th installation waits until some call has gone through it (kWaitEvery
+    // is odd, so the hook waited on alternates): both hooks are used under load whatever the
+    // scheduler does, and the swapper yields its core only rarely.
     std::thread swapper([&] {
         uint64_t swaps = 0;
         while (!workers_done.load(std::memory_order_acquire) || swaps < kMinSwaps) {
@@ -258,11 +264,12 @@ TEST(RawStressTest, SwappingHooksUnderLoad) {
             }
             swaps++;
             g_swaps.store(swaps, std::memory_order_relaxed);
+            if (swaps % kWaitEvery != 0) continue;
             // Spin briefly first: calls are frequent, and a yield costs a time slice.
             for (int spins = 0; HookCalls(next) == seen &&
                                 !workers_done.load(std::memory_order_acquire);
                  spins++) {
-                if (spins >= 256) std::this_thread::yield();
+                if (spins >= 20000) std::this_thread::yield();
             }
         }
     });
@@ -295,9 +302,9 @@ TEST(RawStressTest, SwappingHooksUnderLoad) {
     EXPECT_EQ(0u, total.bad_blocks) << "block contents were corrupted";
     EXPECT_EQ(0u, total.null_results);
     EXPECT_GE(g_swaps.load(), kMinSwaps);
-    // Every installation but the last was used by at least one call.
-    EXPECT_GE(HookCalls(0), kMinSwaps / 2 - 1);
-    EXPECT_GE(HookCalls(1), kMinSwaps / 2 - 1);
+    // Every waited-on installation but the last was used by at least one call.
+    EXPECT_GE(HookCalls(0), kMinSwaps / kWaitEvery / 2 - 1);
+    EXPECT_GE(HookCalls(1), kMinSwaps / kWaitEvery / 2 - 1);
 
     // Every operation reached exactly one hook, once.
     uint64_t mallocs = g_hooks[0].mallocs + g_hooks[1].mallocs;
@@ -328,6 +335,35 @@ TEST(RawStressTest, SwappingHooksUnderLoad) {
                 static_cast<unsigned long long>(g_swaps.load()),
                 static_cast<unsigned long long>(HookCalls(0)),
                 static_cast<unsigned long long>(HookCalls(1)));
+}
+
+// ---- the failing allocator's counters under threads -------------------------------------
+
+TEST(RawStressTest, FailingAllocatorCountsEveryThreadsCalls) {
+    constexpr int kThreads = 4;
+    constexpr int kCalls = kTsan ? 500 : 5000;
+    pm_failing_allocator f;
+    ASSERT_EQ(0, pm_failing_allocator_install(&f, PM_DOMAIN_RAW));
+    pm_fail_size_at_least(&f.policy, 4096);
+    std::vector<std::thread> threads;
+    std::atomic<uint64_t> nulls{0};
+    for (int t = 0; t < kThreads; t++) {
+        threads.emplace_back([&] {
+            for (int i = 0; i < kCalls; i++) {
+                void *p = pm_raw_malloc(i % 2 == 0 ? 64 : 8192);  // every other one fails
+                if (p == nullptr) nulls.fetch_add(1, std::memory_order_relaxed);
+                pm_raw_free(p);
+            }
+        });
+    }
+    for (std::thread &t : threads) t.join();
+    ASSERT_EQ(0, pm_failing_allocator_uninstall(&f));
+    const pm_failing_counts c = pm_failing_allocator_counts(&f);
+    EXPECT_EQ(uint64_t{kThreads} * kCalls, c.mallocs);
+    EXPECT_EQ(uint64_t{kThreads} * kCalls / 2, c.failures);
+    EXPECT_EQ(c.failures, nulls.load());
+    EXPECT_EQ(uint64_t{kThreads} * kCalls / 2, c.frees);
+    EXPECT_EQ(c.mallocs, pm_fail_policy_calls(&f.policy));
 }
 
 // ---- counters of exited threads ---------------------------------------------------------
