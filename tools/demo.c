@@ -3,8 +3,9 @@
  *
  * Four threads share the allocator the way a multithreaded runtime would:
  *   - raw domain: each thread allocates and frees I/O-sized buffers with no lock at all;
- *   - object and mem domains: each thread builds and tears down small "objects" in batches,
- *     holding the GIL for each batch, as CPython threads do.
+ *   - object and mem domains: each thread builds and tears down small "objects" in batches
+ *     under the modelled GIL (gil/gil.h), yielding it inside long batches as CPython's eval
+ *     loop does, so the switch interval shares the GIL fairly between threads.
  * Then it prints pymalloc's statistics while the objects are alive (in CPython's
  * sys._debugmallocstats() layout), frees everything, checks the heap and shows that the
  * arenas went back to the OS.
@@ -17,11 +18,10 @@
 #include <time.h>
 
 #include "alloc/pymalloc_mt.h"
+#include "gil/gil.h"
 
 enum { THREADS = 4, BATCHES = 400, OBJECTS_PER_BATCH = 500, LIVE_SLOTS = 4096 };
 
-/* Until the modelled GIL (gil/) is installed, a mutex plays its part. */
-static pthread_mutex_t gil = PTHREAD_MUTEX_INITIALIZER;
 static pthread_barrier_t all_built;
 static pthread_barrier_t stats_printed;
 
@@ -45,8 +45,9 @@ static void raw_buffers(worker *w) {
 }
 
 static void object_batch(worker *w) {
-    pthread_mutex_lock(&gil);
+    pm_gil_acquire();
     for (int i = 0; i < OBJECTS_PER_BATCH; i++) {
+        if (i % 100 == 0) pm_gil_yield(); /* let a waiting thread in after its interval */
         unsigned r = (unsigned)rand_r(&w->seed);
         unsigned slot = r % LIVE_SLOTS;
         if (w->live[slot] != NULL) {
@@ -62,7 +63,7 @@ static void object_batch(worker *w) {
         pm_mem_free(scratch);
         w->operations += 3;
     }
-    pthread_mutex_unlock(&gil);
+    pm_gil_release();
 }
 
 static void *run_worker(void *arg) {
@@ -73,9 +74,9 @@ static void *run_worker(void *arg) {
     }
     pthread_barrier_wait(&all_built);
     pthread_barrier_wait(&stats_printed);
-    pthread_mutex_lock(&gil);
+    pm_gil_acquire();
     for (int i = 0; i < LIVE_SLOTS; i++) pm_obj_free(w->live[i]);
-    pthread_mutex_unlock(&gil);
+    pm_gil_release();
     return NULL;
 }
 
@@ -86,7 +87,10 @@ static double seconds_since(const struct timespec *start) {
 }
 
 int main(void) {
-    if (pm_init_from_env() != 0) return 1; /* PYTHONMALLOC / PYTHONMALLOCSTATS, if set */
+    pm_gil_acquire();
+    int configured = pm_init_from_env(); /* PYTHONMALLOC / PYTHONMALLOCSTATS, if set */
+    pm_gil_release();
+    if (configured != 0) return 1;
 
     static worker workers[THREADS];
     pthread_t threads[THREADS];
@@ -107,15 +111,16 @@ int main(void) {
 
     uint64_t operations = 0;
     for (int t = 0; t < THREADS; t++) operations += workers[t].operations;
-    pthread_mutex_lock(&gil);
+    pm_gil_acquire();
     printf("%llu allocator calls in %.3f s; %zu blocks alive in pymalloc\n\n",
            (unsigned long long)operations, elapsed, pm_allocated_blocks());
     pm_print_stats(stdout);
-    pthread_mutex_unlock(&gil);
+    pm_gil_release();
     pthread_barrier_wait(&stats_printed);
 
     for (int t = 0; t < THREADS; t++) pthread_join(threads[t], NULL);
 
+    pm_gil_acquire();
     pm_raw_stats raw;
     pm_get_raw_stats(&raw);
     const char *problem = pm_heap_check();
@@ -127,5 +132,6 @@ int main(void) {
            (unsigned long long)raw.live);
     printf("  heap check: %s\n\n", problem ? problem : "consistent");
     pm_print_stats(stdout);
+    pm_gil_release();
     return problem == NULL ? 0 : 1;
 }
