@@ -152,18 +152,29 @@ PM_API size_t pm_stats_json(char *buf, size_t size);
 PM_API const char *pm_heap_check(void);
 
 /* ---- configuration by name ---------------------------------------------------------- *
- * Names as PYTHONMALLOC takes them: "default" (or ""), "pymalloc", "malloc", "debug",
- * "pymalloc_debug", "malloc_debug". "default" and "pymalloc" install the C library's
- * allocator in raw and pymalloc in mem and object; "malloc" the C library's in all three.
+ * Names as PYTHONMALLOC takes them, with CPython's meanings:
+ *
+ *   "default" (or ""), "pymalloc"   the C library's allocator in raw, pymalloc in mem and obj
+ *   "malloc"                        the C library's allocator in all three domains
+ *   "debug", "pymalloc_debug"       "pymalloc" with the debug hooks on every domain
+ *   "malloc_debug"                  "malloc" with the debug hooks on every domain
+ *
  * Returns 0, or -1 with nothing changed and errno = EINVAL for an unknown name (or NULL),
- * ENOTSUP for the three debug names (the debug hooks are not built yet), EBUSY when the
- * change would take the mem or object domain away from pymalloc while pymalloc has live
- * blocks (pm_allocated_blocks() > 0), which the new allocator could not free. Installing
- * what is already installed always succeeds. (GIL held; see alloc/config.c.) */
+ * ENOMEM if a hook cannot be made, or EBUSY when the change would strand live blocks that
+ * the new allocator could not free: taking the mem or object domain away from pymalloc
+ * while pymalloc has live blocks (pm_allocated_blocks() > 0), which covers adding the
+ * debug hooks over pymalloc too; removing or replacing the hooks in a domain while blocks
+ * they made are live (their pointers are 16 bytes into an allocation, which nothing else
+ * can free). The C library's own blocks are counted by nobody, so adding the hooks over
+ * them is allowed, and freeing such a block through the hooks later is a fatal "bad ID"
+ * report. Installing what is already installed always succeeds. (GIL held; see
+ * alloc/config.c.) */
 PM_API int pm_setup_allocators(const char *name);
 
-/* The name of what is installed: "pymalloc" (also after "default") or "malloc"; NULL when
- * some domain holds anything else (a hook, a user's allocator). */
+/* The name of what is installed: "pymalloc" (also after "default"), "malloc",
+ * "pymalloc_debug" (also after "debug") or "malloc_debug"; NULL when some domain holds
+ * anything else (a hook, a user's allocator, debug hooks over something else), as CPython's
+ * _PyMem_GetCurrentAllocatorName(). */
 PM_API const char *pm_current_allocator_name(void);
 
 /* Applies PYTHONMALLOC and PYTHONMALLOCSTATS from the environment. PYTHONMALLOC unset or
@@ -174,6 +185,43 @@ PM_API const char *pm_current_allocator_name(void);
  * (an unknown or unavailable name is never silently replaced). Call it at start-up, before
  * any other thread runs. */
 PM_API int pm_init_from_env(void);
+
+/* ---- CPython's debug hooks (PYTHONMALLOC=debug, PyMem_SetupDebugHooks) ------------- *
+ * Each domain's allocator is wrapped by a hook that surrounds every block with pad bytes
+ * and checks them, exactly as CPython 3.11 does (alloc/debug_hooks.c has the layout):
+ *
+ *   [SSSS SSSS I FFFFFFF DDDD...DDDD FFFFFFFF]   S size, I API id, F 0xFD, D data
+ *
+ * New data reads 0xCD (calloc's is zeroed), bytes gained by realloc 0xCD, a freed block
+ * 0xDD. free and realloc check, in this order, that the block was allocated through the
+ * same domain, that the 7 pad bytes before it and the 8 after it are intact; if not, the
+ * block is described on stderr in CPython's words and a fatal error follows, e.g.
+ *
+ *   Fatal Python error: _PyMem_DebugRawFree: bad trailing pad byte
+ *
+ * The mem and object hooks also check that the caller holds the GIL (pm_gil_held(), see
+ * gil/gil.h), before anything else and even for free(NULL):
+ *
+ *   Fatal Python error: _PyMem_DebugMalloc: Python memory allocator called without holding the GIL
+ *
+ * The raw hooks stay lock-free and never look at the GIL. */
+
+/* Wraps the allocator currently installed in each domain with the debug hook, as CPython's
+ * PyMem_SetupDebugHooks(). A domain that already holds the hook is left alone (installing
+ * twice never wraps twice); after pm_set_allocator() replaces the hook in a domain, calling
+ * this again wraps the new allocator. Blocks allocated before the hooks were installed
+ * must not be freed through them (they would be reported as "bad ID"), so install before
+ * allocating, like pm_setup_allocators(). Returns 0, or -1 with errno = ENOMEM (nothing
+ * changed) when no memory is left for a hook's context. */
+PM_API int pm_setup_debug_hooks(void);
+
+/* Installs the function that fatal errors call, with CPython's function name and reason:
+ * handler("_PyMem_DebugRawFree", "bad trailing pad byte"). The block report, if any, has
+ * been written to stderr already; the "Fatal Python error: <func>: <message>" line is the
+ * default handler's, which then aborts. NULL restores the default. The handler must not
+ * return (abort, exit, or longjmp out: nothing was changed before the check failed); if it
+ * returns, the default runs. Safe to call from any thread at any time. */
+PM_API void pm_set_fatal_handler(void (*handler)(const char *func, const char *message));
 
 /* ---- the object family -------------------------------------------------------------- *
  * A minimal object model, as CPython's PyObject_New family uses it. */

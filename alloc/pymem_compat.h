@@ -27,6 +27,9 @@ typedef pm_allocator PyMemAllocatorEx;
 #define PyMem_GetAllocator(domain, allocator) ((void)pm_get_allocator((domain), (allocator)))
 #define PyMem_SetAllocator(domain, allocator) ((void)pm_set_allocator((domain), (allocator)))
 
+/* CPython's returns nothing either (it cannot fail there: its hook state is static). */
+#define PyMem_SetupDebugHooks() ((void)pm_setup_debug_hooks())
+
 /* Raw domain. */
 #define PyMem_RawMalloc pm_raw_malloc
 #define PyMem_RawCalloc pm_raw_calloc

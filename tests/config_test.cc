@@ -2,15 +2,17 @@
 // pm_current_allocator_name and pm_init_from_env.
 //
 // Every PYTHONMALLOC name against what each domain then holds (checked by record address,
-// which also proves the canonical records come back, so the inline fast paths stay on);
-// names read back; the refusals (EINVAL, ENOTSUP, EBUSY) leave everything unchanged; a
-// foreign allocator in any domain reads back as NULL. pm_init_from_env is run with the
+// which also proves the canonical records come back, so the inline fast paths stay on; the
+// "_debug" names by the hook's context: API id and wrapped allocator); names read back; the
+// refusals (EINVAL, EBUSY) leave everything unchanged; a foreign allocator in any domain
+// reads back as NULL. pm_init_from_env is run with the
 // variables set by setenv; its stderr line is captured in-process. PYTHONMALLOCSTATS
 // changes process-wide state for good (a flag and an atexit handler), so those cases run
 // in a child: this binary re-executed with posix_spawn, its stderr read through a pipe
 // (no fork of a running test, so it works the same under TSan and ASan).
 //
-// The mem and object domains are called without a GIL: nothing here runs concurrently.
+// The mem and object domains are called without a GIL (nothing here runs concurrently),
+// except under the debug hooks, which check it: those tests hold it (GilScope).
 // Every test starts and ends on "default" with no hook installed and no variable set.
 
 #include <errno.h>
@@ -26,10 +28,13 @@
 #include <string>
 #include <vector>
 
+#include "alloc/internal/debug_hooks.h"
 #include "alloc/internal/domain.h"
 #include "alloc/internal/pymalloc.h"
 #include "alloc/pymalloc_mt.h"
+#include "gil/gil.h"
 #include "gtest/gtest.h"
+#include "tests/support/gil_scope.h"
 
 extern char **environ;
 
@@ -67,6 +72,29 @@ void ExpectMallocInstalled() {
 
 std::string NameOrNull(const char *name) {
     return name == nullptr ? "(null)" : name;
+}
+
+// The debug hook of `domain` (its own API id) wrapping exactly `wrapped`.
+void ExpectHookOver(pm_domain domain, const pm_allocator *wrapped) {
+    const pm_debug_ctx *hook = pm_debug_hook_ctx(Table(domain));
+    ASSERT_NE(nullptr, hook) << "domain " << domain << " holds no debug hook";
+    EXPECT_EQ(pm_debug_api_id(domain), hook->api_id);
+    EXPECT_TRUE(hook->wrapped.ctx == wrapped->ctx && hook->wrapped.malloc == wrapped->malloc &&
+                hook->wrapped.calloc == wrapped->calloc &&
+                hook->wrapped.realloc == wrapped->realloc && hook->wrapped.free == wrapped->free)
+        << "domain " << domain << " hooks another allocator";
+}
+
+void ExpectPymallocDebugInstalled() {
+    ExpectHookOver(PM_DOMAIN_RAW, &pm_system_allocator);
+    ExpectHookOver(PM_DOMAIN_MEM, &pm_pymalloc_allocator);
+    ExpectHookOver(PM_DOMAIN_OBJ, &pm_pymalloc_allocator);
+}
+
+void ExpectMallocDebugInstalled() {
+    ExpectHookOver(PM_DOMAIN_RAW, &pm_system_allocator);
+    ExpectHookOver(PM_DOMAIN_MEM, &pm_system_allocator);
+    ExpectHookOver(PM_DOMAIN_OBJ, &pm_system_allocator);
 }
 
 // A hook in CPython's style: wraps the allocator it replaced and counts what reaches it.
@@ -164,7 +192,8 @@ TEST_F(ConfigTest, MallocInstallsSystemEverywhere) {
 }
 
 TEST_F(ConfigTest, CurrentNameRoundTrips) {
-    for (const char *name : {"default", "malloc", "pymalloc", "malloc", "", "malloc"}) {
+    for (const char *name : {"default", "malloc", "pymalloc", "malloc", "", "malloc", "debug",
+                             "malloc_debug", "pymalloc_debug", "malloc", "malloc_debug"}) {
         SCOPED_TRACE(name);
         ASSERT_EQ(0, pm_setup_allocators(name));
         Tables before = Snapshot();
@@ -177,7 +206,7 @@ TEST_F(ConfigTest, CurrentNameRoundTrips) {
 }
 
 TEST_F(ConfigTest, RepeatingTheCurrentNameIsNoChange) {
-    for (const char *name : {"pymalloc", "malloc"}) {
+    for (const char *name : {"pymalloc", "malloc", "pymalloc_debug", "malloc_debug"}) {
         SCOPED_TRACE(name);
         ASSERT_EQ(0, pm_setup_allocators(name));
         Tables before = Snapshot();
@@ -186,17 +215,39 @@ TEST_F(ConfigTest, RepeatingTheCurrentNameIsNoChange) {
     }
 }
 
-TEST_F(ConfigTest, DebugNamesAreRefusedWithEnotsupAndChangeNothing) {
-    for (const char *start : {"pymalloc", "malloc"}) {
-        ASSERT_EQ(0, pm_setup_allocators(start));
-        Tables before = Snapshot();
-        for (const char *name : kDebugNames) {
-            SCOPED_TRACE(std::string(start) + " then " + name);
-            errno = 0;
-            EXPECT_EQ(-1, pm_setup_allocators(name));
-            EXPECT_EQ(ENOTSUP, errno);
-            EXPECT_TRUE(before == Snapshot());
-            EXPECT_EQ(start, NameOrNull(pm_current_allocator_name()));
+// CPython's meanings: "debug" is the default allocators plus the hooks, and reads back as
+// "pymalloc_debug" (as "default" reads back as "pymalloc").
+TEST_F(ConfigTest, DebugNamesInstallTheHooksOverThePlainConfiguration) {
+    struct {
+        const char *name;
+        const char *reads_back;
+        bool over_pymalloc;
+    } const cases[] = {{"debug", "pymalloc_debug", true},
+                       {"pymalloc_debug", "pymalloc_debug", true},
+                       {"malloc_debug", "malloc_debug", false}};
+    for (const char *start : {"pymalloc", "malloc", "malloc_debug", "pymalloc_debug"}) {
+        for (const auto &c : cases) {
+            SCOPED_TRACE(std::string(start) + " then " + c.name);
+            ASSERT_EQ(0, pm_setup_allocators(start));
+            ASSERT_EQ(0, pm_setup_allocators(c.name)) << "errno " << errno;
+            if (c.over_pymalloc) {
+                ExpectPymallocDebugInstalled();
+            } else {
+                ExpectMallocDebugInstalled();
+            }
+            EXPECT_EQ(c.reads_back, NameOrNull(pm_current_allocator_name()));
+            // Blocks flow in every domain, through the hooks (the GIL is checked).
+            GilScope gil;
+            void *a = pm_mem_malloc(16), *b = pm_obj_malloc(16), *r = pm_raw_malloc(16);
+            ASSERT_TRUE(a && b && r);
+            EXPECT_EQ('m', static_cast<char *>(a)[-8]);
+            EXPECT_EQ('o', static_cast<char *>(b)[-8]);
+            EXPECT_EQ('r', static_cast<char *>(r)[-8]);
+            EXPECT_EQ(c.over_pymalloc ? baseline_blocks_ + 2 : baseline_blocks_,
+                      pm_allocated_blocks());
+            pm_mem_free(a);
+            pm_obj_free(b);
+            pm_raw_free(r);
         }
     }
 }
@@ -314,10 +365,72 @@ TEST_F(ConfigTest, ToPymallocWithLiveSystemBlocksIsAllowed) {
     EXPECT_EQ(baseline_blocks_, pm_allocated_blocks());
 }
 
+// ---- EBUSY with the debug hooks: their blocks and plain ones cannot free each other ------
+
+TEST_F(ConfigTest, AddingHooksOverLivePymallocBlocksIsEbusy) {
+    void *p = pm_obj_malloc(16);
+    ASSERT_NE(nullptr, p);
+    Tables before = Snapshot();
+    for (const char *name : kDebugNames) {
+        SCOPED_TRACE(name);
+        errno = 0;
+        EXPECT_EQ(-1, pm_setup_allocators(name));
+        EXPECT_EQ(EBUSY, errno);
+        EXPECT_TRUE(before == Snapshot());
+    }
+    pm_obj_free(p);
+    EXPECT_EQ(0, pm_setup_allocators("debug"));
+}
+
+TEST_F(ConfigTest, RemovingHooksWithTheirBlocksLiveIsEbusy) {
+    struct {
+        const char *hooked;
+        const char *plain;
+    } const cases[] = {{"pymalloc_debug", "pymalloc"}, {"malloc_debug", "malloc"},
+                       {"malloc_debug", "pymalloc"}, {"pymalloc_debug", "malloc_debug"}};
+    for (const auto &c : cases) {
+        SCOPED_TRACE(std::string(c.hooked) + " then " + c.plain);
+        ASSERT_EQ(0, pm_setup_allocators(c.hooked));
+        Tables before = Snapshot();
+        void *p;
+        {
+            GilScope gil;
+            p = pm_mem_malloc(16);
+            ASSERT_NE(nullptr, p);
+        }
+        errno = 0;
+        EXPECT_EQ(-1, pm_setup_allocators(c.plain));
+        EXPECT_EQ(EBUSY, errno);
+        EXPECT_TRUE(before == Snapshot());
+        {
+            GilScope gil;
+            pm_mem_free(p);
+        }
+        EXPECT_EQ(0, pm_setup_allocators(c.plain)) << "errno " << errno;
+    }
+}
+
+TEST_F(ConfigTest, HookedRawBlockLiveKeepsTheRawHook) {
+    ASSERT_EQ(0, pm_setup_allocators("malloc_debug"));
+    void *r = pm_raw_malloc(16);
+    ASSERT_NE(nullptr, r);
+    Tables before = Snapshot();
+    for (const char *name : {"malloc", "pymalloc"}) {
+        SCOPED_TRACE(name);
+        errno = 0;
+        EXPECT_EQ(-1, pm_setup_allocators(name));
+        EXPECT_EQ(EBUSY, errno);
+        EXPECT_TRUE(before == Snapshot());
+    }
+    // Between two hooked names the raw domain does not change, so that is allowed.
+    EXPECT_EQ(0, pm_setup_allocators("pymalloc_debug"));
+    pm_raw_free(r);
+}
+
 // ---- foreign allocators read back as NULL --------------------------------------------------
 
 TEST_F(ConfigTest, ForeignHookInAnyDomainGivesNullName) {
-    for (const char *start : {"pymalloc", "malloc"}) {
+    for (const char *start : {"pymalloc", "malloc", "pymalloc_debug", "malloc_debug"}) {
         ASSERT_EQ(0, pm_setup_allocators(start));
         for (int d = 0; d < PM_DOMAIN_COUNT; d++) {
             SCOPED_TRACE(std::string(start) + ", hook in domain " + std::to_string(d));
@@ -425,18 +538,44 @@ TEST_F(ConfigTest, EnvUnknownNameIsPrintedOnOneLine) {
     EXPECT_EQ(err.size() - 1, err.find('\n')) << "more than one line: " << err;
 }
 
-TEST_F(ConfigTest, EnvDebugNamesFailLoudly) {
-    for (const char *name : kDebugNames) {
-        SCOPED_TRACE(name);
-        Tables before = Snapshot();
-        ASSERT_EQ(0, setenv("PYTHONMALLOC", name, 1));
+TEST_F(ConfigTest, EnvDebugNamesAreApplied) {
+    struct {
+        const char *value;
+        const char *reads_back;
+    } const cases[] = {{"debug", "pymalloc_debug"},
+                       {"malloc_debug", "malloc_debug"},
+                       {"pymalloc_debug", "pymalloc_debug"}};
+    for (const auto &c : cases) {
+        SCOPED_TRACE(c.value);
+        ASSERT_EQ(0, setenv("PYTHONMALLOC", c.value, 1));
         std::string err;
-        EXPECT_EQ(-1, InitFromEnvCapturing(&err));
-        EXPECT_EQ(std::string("pymalloc-mt: PYTHONMALLOC=") + name +
-                      ": debug hooks are not available in this build yet\n",
-                  err);
-        EXPECT_TRUE(before == Snapshot());
+        EXPECT_EQ(0, InitFromEnvCapturing(&err));
+        EXPECT_EQ("", err);
+        EXPECT_EQ(c.reads_back, NameOrNull(pm_current_allocator_name()));
     }
+    ExpectPymallocDebugInstalled();
+}
+
+TEST_F(ConfigTest, EnvPlainNameWithHookedBlocksLiveFailsLoudly) {
+    ASSERT_EQ(0, pm_setup_allocators("malloc_debug"));
+    void *p;
+    {
+        GilScope gil;
+        p = pm_obj_malloc(48);
+        ASSERT_NE(nullptr, p);
+    }
+    Tables before = Snapshot();
+    ASSERT_EQ(0, setenv("PYTHONMALLOC", "malloc", 1));
+    std::string err;
+    EXPECT_EQ(-1, InitFromEnvCapturing(&err));
+    EXPECT_EQ(
+        "pymalloc-mt: PYTHONMALLOC=malloc: live blocks could not be freed after this "
+        "change (the debug hooks' blocks and plain ones cannot be freed by each other); set "
+        "PYTHONMALLOC before the first allocation\n",
+        err);
+    EXPECT_TRUE(before == Snapshot());
+    GilScope gil;
+    pm_obj_free(p);
 }
 
 TEST_F(ConfigTest, EnvMallocWithLiveBlocksFailsLoudly) {
