@@ -300,11 +300,15 @@ void pm_set_arena_reserve(size_t bytes) {
 }
 
 size_t pm_get_arena_reserve(void) {
-    return reserve_limit_bytes;
+    return pm_arena_reserve_limit();
 }
 
 size_t pm_arena_reserve_count(void) {
     return reserve_count;
+}
+
+size_t pm_arena_reserve_limit(void) {
+    return reserve_limit_bytes;
 }
 
 /* ---- pools in and out ---------------------------------------------------------------- */

@@ -235,7 +235,7 @@ static void print_value(FILE *out, const char *value) {
     }
 }
 
-static void report_setup_failure(const char *value, int error) {
+static void report_setup_failure(const char *value, int error) PM_GIL_REQUIRED {
     fputs("pymalloc-mt: PYTHONMALLOC=", stderr);
     print_value(stderr, value);
     switch (error) {
@@ -273,7 +273,7 @@ static int stats_at_exit_registered;
 static void print_stats_at_exit(void) {
     /* As CPython: the statistics describe pymalloc, so say nothing when it is not in use. */
     if (!domain_holds_pymalloc(PM_DOMAIN_MEM) && !domain_holds_pymalloc(PM_DOMAIN_OBJ)) return;
-    pm_print_stats(stderr);
+    pm_stats_print_unchecked(stderr); /* at exit: see alloc/internal/pymalloc.h */
     fflush(stderr);
 }
 

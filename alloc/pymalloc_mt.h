@@ -21,6 +21,12 @@
  * free the blocks that were live when it was installed, which in practice means it wraps
  * the allocator it replaced (get, then set a wrapper that calls the saved one).
  *
+ * The GIL contract is checked twice: at compile time, functions marked PM_GIL_REQUIRED are
+ * clang thread-safety requirements on the capability pm_gil (gil/gil.h), so a caller built
+ * with -Wthread-safety must hold it (pm_gil_acquire(), or pm_gil_assert_held() where an
+ * embedder's own GIL is installed with pm_gil_set_check()); at run time, the debug hooks
+ * report a call made without it, as CPython does.
+ *
  * Thread-safety of the tables: pm_set_allocator() may run while other threads allocate
  * through the same domain; every call sees either the old allocator or the new one as a
  * whole, never a mix of the two (see alloc/domain.c).
@@ -31,6 +37,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+
+#include "gil/gil.h" /* PM_GIL_REQUIRED: mem and object calls need the GIL */
 
 #ifdef __cplusplus
 extern "C" {
@@ -81,16 +89,16 @@ PM_API void *pm_raw_realloc(void *ptr, size_t new_size);
 PM_API void pm_raw_free(void *ptr);
 
 /* The mem domain. The caller must hold the GIL. */
-PM_API void *pm_mem_malloc(size_t size);
-PM_API void *pm_mem_calloc(size_t nelem, size_t elsize);
-PM_API void *pm_mem_realloc(void *ptr, size_t new_size);
-PM_API void pm_mem_free(void *ptr);
+PM_API void *pm_mem_malloc(size_t size) PM_GIL_REQUIRED;
+PM_API void *pm_mem_calloc(size_t nelem, size_t elsize) PM_GIL_REQUIRED;
+PM_API void *pm_mem_realloc(void *ptr, size_t new_size) PM_GIL_REQUIRED;
+PM_API void pm_mem_free(void *ptr) PM_GIL_REQUIRED;
 
 /* The object domain. The caller must hold the GIL. */
-PM_API void *pm_obj_malloc(size_t size);
-PM_API void *pm_obj_calloc(size_t nelem, size_t elsize);
-PM_API void *pm_obj_realloc(void *ptr, size_t new_size);
-PM_API void pm_obj_free(void *ptr);
+PM_API void *pm_obj_malloc(size_t size) PM_GIL_REQUIRED;
+PM_API void *pm_obj_calloc(size_t nelem, size_t elsize) PM_GIL_REQUIRED;
+PM_API void *pm_obj_realloc(void *ptr, size_t new_size) PM_GIL_REQUIRED;
+PM_API void pm_obj_free(void *ptr) PM_GIL_REQUIRED;
 
 /* Call counters of the raw domain's public entry points, summed over every thread that
  * ever called them. Kept per thread without atomic read-modify-writes, so reading them is
@@ -122,8 +130,8 @@ typedef struct pm_arena_allocator {
 
 /* Get and set the arena allocator (the GIL must be held). Each arena is given back to the
  * allocator that made it. Set returns -1 with errno = EINVAL for NULL or a NULL function. */
-PM_API int pm_get_arena_allocator(pm_arena_allocator *out);
-PM_API int pm_set_arena_allocator(const pm_arena_allocator *in);
+PM_API int pm_get_arena_allocator(pm_arena_allocator *out) PM_GIL_REQUIRED;
+PM_API int pm_set_arena_allocator(const pm_arena_allocator *in) PM_GIL_REQUIRED;
 
 /* The arena size in bytes (256 KiB by default). */
 PM_API size_t pm_arena_size(void);
@@ -132,24 +140,24 @@ PM_API size_t pm_arena_size(void);
  * everything and allocates again does not pay for unmapping and re-faulting; the rest go
  * back to the OS at once. Default 512 KiB (at least one arena); 0 releases every free arena
  * immediately. Lowering it releases the excess now. (GIL held.) */
-PM_API void pm_set_arena_reserve(size_t bytes);
-PM_API size_t pm_get_arena_reserve(void);
+PM_API void pm_set_arena_reserve(size_t bytes) PM_GIL_REQUIRED;
+PM_API size_t pm_get_arena_reserve(void) PM_GIL_REQUIRED;
 
 /* Live blocks allocated by pymalloc, including those it passed to the raw domain: CPython's
  * sys.getallocatedblocks(). (GIL held.) */
-PM_API size_t pm_allocated_blocks(void);
+PM_API size_t pm_allocated_blocks(void) PM_GIL_REQUIRED;
 
 /* Prints pymalloc's state in the layout of CPython 3.11's sys._debugmallocstats(). */
-PM_API void pm_print_stats(FILE *out);
+PM_API void pm_print_stats(FILE *out) PM_GIL_REQUIRED;
 
 /* The same numbers as one JSON object. Writes at most `size` bytes including the NUL and
  * returns the length the whole text needs (as snprintf does), or 0 on error. */
-PM_API size_t pm_stats_json(char *buf, size_t size);
+PM_API size_t pm_stats_json(char *buf, size_t size) PM_GIL_REQUIRED;
 
 /* Walks every arena, pool and free list and checks pymalloc's invariants. Returns NULL when
  * the heap is consistent, else a description of the first violation (valid until the next
  * call from the same thread). (GIL held.) */
-PM_API const char *pm_heap_check(void);
+PM_API const char *pm_heap_check(void) PM_GIL_REQUIRED;
 
 /* ---- configuration by name ---------------------------------------------------------- *
  * Names as PYTHONMALLOC takes them, with CPython's meanings:
@@ -169,7 +177,7 @@ PM_API const char *pm_heap_check(void);
  * them is allowed, and freeing such a block through the hooks later is a fatal "bad ID"
  * report. Installing what is already installed always succeeds. (GIL held; see
  * alloc/config.c.) */
-PM_API int pm_setup_allocators(const char *name);
+PM_API int pm_setup_allocators(const char *name) PM_GIL_REQUIRED;
 
 /* The name of what is installed: "pymalloc" (also after "default"), "malloc",
  * "pymalloc_debug" (also after "debug") or "malloc_debug"; NULL when some domain holds
@@ -184,7 +192,7 @@ PM_API const char *pm_current_allocator_name(void);
  * "pymalloc-mt: PYTHONMALLOC=<value>: <reason>" for a refused name, which changes nothing
  * (an unknown or unavailable name is never silently replaced). Call it at start-up, before
  * any other thread runs. */
-PM_API int pm_init_from_env(void);
+PM_API int pm_init_from_env(void) PM_GIL_REQUIRED;
 
 /* ---- CPython's debug hooks (PYTHONMALLOC=debug, PyMem_SetupDebugHooks) ------------- *
  * Each domain's allocator is wrapped by a hook that surrounds every block with pad bytes
@@ -213,7 +221,7 @@ PM_API int pm_init_from_env(void);
  * must not be freed through them (they would be reported as "bad ID"), so install before
  * allocating, like pm_setup_allocators(). Returns 0, or -1 with errno = ENOMEM (nothing
  * changed) when no memory is left for a hook's context. */
-PM_API int pm_setup_debug_hooks(void);
+PM_API int pm_setup_debug_hooks(void) PM_GIL_REQUIRED;
 
 /* Installs the function that fatal errors call, with CPython's function name and reason:
  * handler("_PyMem_DebugRawFree", "bad trailing pad byte"). The block report, if any, has
@@ -248,10 +256,10 @@ typedef struct pm_var_object {
  * short or that size overflows or exceeds PTRDIFF_MAX (nitems too: ob_size must hold it),
  * in which case the allocator is not called; NULL with errno = EINVAL for a NULL type or a
  * tp_basicsize smaller than the header (sizeof(pm_object), or sizeof(pm_var_object)). */
-PM_API pm_object *pm_object_new(const pm_type *type);
-PM_API pm_var_object *pm_object_new_var(const pm_type *type, size_t nitems);
+PM_API pm_object *pm_object_new(const pm_type *type) PM_GIL_REQUIRED;
+PM_API pm_var_object *pm_object_new_var(const pm_type *type, size_t nitems) PM_GIL_REQUIRED;
 /* Frees an object made by the two above: pm_obj_free (NULL does nothing). */
-PM_API void pm_object_del(void *op);
+PM_API void pm_object_del(void *op) PM_GIL_REQUIRED;
 
 #ifdef __cplusplus
 }

@@ -144,7 +144,7 @@ static void print_value(FILE *out, const char *label, size_t value) {
     fprintf(out, "%-*s=%*s\n", LABEL_WIDTH, label, VALUE_WIDTH, format_grouped(value, grouped));
 }
 
-void pm_print_stats(FILE *out) {
+void pm_stats_print_unchecked(FILE *out) {
     if (out == NULL) return;
     stats_snapshot s;
     take_snapshot(&s);
@@ -194,11 +194,15 @@ void pm_print_stats(FILE *out) {
     fputs("\narena reserve\n", out);
     print_value(out, "# arenas in reserve", reserve);
     print_value(out, "# bytes in arena reserve", reserve * PM_ARENA_SIZE);
-    print_value(out, "# bytes arena reserve limit", pm_get_arena_reserve());
+    print_value(out, "# bytes arena reserve limit", pm_arena_reserve_limit());
+}
+
+void pm_print_stats(FILE *out) {
+    pm_stats_print_unchecked(out);
 }
 
 void pm_stats_print_on_new_arena(void) {
-    pm_print_stats(stderr);
+    pm_stats_print_unchecked(stderr);
 }
 
 /* ---- JSON ---------------------------------------------------------------------------- */
@@ -275,6 +279,6 @@ size_t pm_stats_json(char *buf, size_t size) {
                 "\"reserve\":{\"arenas\":%zu,\"bytes\":%zu,\"limit_bytes\":%zu}}",
                 s.pool_blocks + pm_counters.raw_allocated_blocks,
                 pm_counters.raw_allocated_blocks, reserve, reserve * PM_ARENA_SIZE,
-                pm_get_arena_reserve());
+                pm_arena_reserve_limit());
     return w.failed ? 0 : w.length;
 }

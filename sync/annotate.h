@@ -60,8 +60,9 @@
 /* On variables (globals in C; fields only in C++ with clang 14): protected by the lock. */
 #define PM_GUARDED_BY(x) PM_THREAD_ANNOTATION(guarded_by(x))
 #define PM_PT_GUARDED_BY(x) PM_THREAD_ANNOTATION(pt_guarded_by(x))
-/* Only for the bodies of lock implementations in sync/, whose job is to change lock
- * state in ways the analysis cannot follow. Anywhere else it would hide real bugs. */
+/* Only for the bodies of lock implementations (sync/, and the GIL in gil/), whose job is to
+ * change lock state in ways the analysis cannot follow. Anywhere else it would hide real
+ * bugs; tests that exercise misuse call through function pointers instead. */
 #define PM_NO_THREAD_SAFETY_ANALYSIS PM_THREAD_ANNOTATION(no_thread_safety_analysis)
 
 /* ---- ThreadSanitizer ----------------------------------------------------------------- */

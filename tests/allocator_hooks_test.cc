@@ -8,7 +8,9 @@
 // is freed by the allocator that made it only because hooks wrap: the domain itself hands a
 // free to whatever is installed now (documented with an allocator that owns its memory).
 //
-// The mem and object domains are called without a GIL: nothing here runs concurrently.
+// The mem and object domains require the GIL: the tests that call them (through function
+// pointers, over all three domains) hold it for their whole body (GilScope; the raw domain
+// ignores it). The raw-only test runs without it.
 
 #include <stddef.h>
 #include <stdint.h>
@@ -19,6 +21,7 @@
 
 #include "alloc/pymalloc_mt.h"
 #include "gtest/gtest.h"
+#include "tests/support/gil_scope.h"
 
 namespace {
 
@@ -245,6 +248,7 @@ class Owner {
 class HookTest : public ::testing::TestWithParam<DomainApi> {};
 
 TEST_P(HookTest, EveryCallReachesTheHookUnchanged) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     const pm_allocator original = Current(d.domain);
     RestoreOnExit restore(d.domain);
@@ -313,6 +317,7 @@ TEST_P(HookTest, EveryCallReachesTheHookUnchanged) {
 }
 
 TEST_P(HookTest, WrappersNestAndUnwindToTheOriginal) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     const pm_allocator original = Current(d.domain);
     RestoreOnExit restore(d.domain);
@@ -366,6 +371,7 @@ TEST_P(HookTest, WrappersNestAndUnwindToTheOriginal) {
 }
 
 TEST_P(HookTest, AHookInstalledLaterFreesEarlierBlocksThroughTheAllocatorThatMadeThem) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     const pm_allocator original = Current(d.domain);
     RestoreOnExit restore(d.domain);
@@ -402,6 +408,7 @@ TEST_P(HookTest, AHookInstalledLaterFreesEarlierBlocksThroughTheAllocatorThatMad
 }
 
 TEST_P(HookTest, TheDomainHandsAFreeToWhateverIsInstalledNow) {
+    GilScope gil;
     // Why hooks must wrap: the domain does not remember which allocator made a block.
     const DomainApi &d = GetParam();
     const pm_allocator original = Current(d.domain);
@@ -431,6 +438,7 @@ INSTANTIATE_TEST_SUITE_P(AllDomains, HookTest, ::testing::ValuesIn(kDomains),
                          });
 
 TEST(HookTablesTest, EachDomainHasItsOwnTable) {
+    GilScope gil;
     RestoreOnExit restore_raw(PM_DOMAIN_RAW);
     RestoreOnExit restore_mem(PM_DOMAIN_MEM);
     RestoreOnExit restore_obj(PM_DOMAIN_OBJ);

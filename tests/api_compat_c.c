@@ -52,7 +52,9 @@ static int all_zero(const unsigned char *p, size_t n) {
     return 1;
 }
 
-/* malloc / realloc / calloc / free of one domain, through whatever names the caller uses. */
+/* malloc / realloc / calloc / free of one domain, through whatever names the caller uses.
+ * round_trip and hook_domain are given the mem and object domains too, so they need the GIL
+ * (held by api_compat_c_run's caller). */
 typedef struct domain_names {
     void *(*malloc_fn)(size_t);
     void *(*calloc_fn)(size_t, size_t);
@@ -60,7 +62,7 @@ typedef struct domain_names {
     void (*free_fn)(void *);
 } domain_names;
 
-static int round_trip(const domain_names *d) {
+static int round_trip(const domain_names *d) PM_GIL_REQUIRED {
     char *p = d->malloc_fn(6);
     CHECK(p != NULL);
     memcpy(p, "hello", 6);
@@ -76,7 +78,8 @@ static int round_trip(const domain_names *d) {
     return 0;
 }
 
-static int hook_domain(PyMemAllocatorDomain domain, const domain_names *d) {
+static int hook_domain(PyMemAllocatorDomain domain, const domain_names *d)
+    PM_GIL_REQUIRED {
     static counting_hook hook; /* static: it must outlive its installation */
     memset(&hook, 0, sizeof hook);
     PyMem_GetAllocator(domain, &hook.base);

@@ -14,8 +14,8 @@ extern "C" {
 #endif
 
 /* Runs CPython-style code against the compat names. Returns 0, or the source line of the
- * first check that failed. */
-int api_compat_c_run(void);
+ * first check that failed. It calls the mem and object domains: the caller holds the GIL. */
+int api_compat_c_run(void) PM_GIL_REQUIRED;
 
 /* pm_get_allocator / pm_set_allocator with the domain given as any int (converted in C,
  * where an enum is an integer type). */

@@ -10,7 +10,10 @@
 // tests/support in pass-through mode, which counts every call that reaches it; sizes the C
 // library must never see (it would abort under ASan) are stopped by its size threshold.
 //
-// The mem and object domains are called without a GIL: nothing here runs concurrently.
+// The mem and object domains require the GIL: the argument-rule tests, which run over all
+// three domains through function pointers, hold it for their whole body (GilScope; the raw
+// domain ignores it), and so does the test that runs the C code (api_compat_c_run is
+// PM_GIL_REQUIRED). The raw domain's own tests run without it.
 
 #include <errno.h>
 #include <stddef.h>
@@ -29,6 +32,7 @@
 #include "gtest/gtest.h"
 #include "tests/api_compat_c.h"
 #include "tests/support/failing_allocators.h"
+#include "tests/support/gil_scope.h"
 
 namespace {
 
@@ -125,6 +129,7 @@ pm_allocator Current(pm_domain domain) {
 class ArgumentRulesTest : public ::testing::TestWithParam<DomainApi> {};
 
 TEST_P(ArgumentRulesTest, ZeroBytesGiveDistinctNonNullPointers) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     std::vector<void *> blocks;
     for (int i = 0; i < 4; i++) blocks.push_back(d.malloc(0));
@@ -148,6 +153,7 @@ TEST_P(ArgumentRulesTest, ZeroBytesGiveDistinctNonNullPointers) {
 }
 
 TEST_P(ArgumentRulesTest, ZeroByteBlocksCanBeReallocatedAndFreed) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     void *p = d.malloc(0);
     ASSERT_NE(nullptr, p);
@@ -161,6 +167,7 @@ TEST_P(ArgumentRulesTest, ZeroByteBlocksCanBeReallocatedAndFreed) {
 }
 
 TEST_P(ArgumentRulesTest, CallocOverflowReturnsNullWithoutCallingTheAllocator) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     ScopedFailing counting(d.domain);
     struct Request {
@@ -188,6 +195,7 @@ TEST_P(ArgumentRulesTest, CallocOverflowReturnsNullWithoutCallingTheAllocator) {
 }
 
 TEST_P(ArgumentRulesTest, CallocUpToPtrdiffMaxReachesTheAllocator) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     ScopedFailing counting(d.domain);
     pm_fail_size_at_least(counting.policy(), kHuge);  // keep these away from libc
@@ -213,6 +221,7 @@ TEST_P(ArgumentRulesTest, CallocUpToPtrdiffMaxReachesTheAllocator) {
 }
 
 TEST_P(ArgumentRulesTest, SizesAbovePtrdiffMaxReturnNullWithoutCallingTheAllocator) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     ScopedFailing counting(d.domain);
     const size_t too_big[] = {kTooBig, kTooBig + 1, SIZE_MAX - 1, SIZE_MAX};
@@ -241,6 +250,7 @@ TEST_P(ArgumentRulesTest, SizesAbovePtrdiffMaxReturnNullWithoutCallingTheAllocat
 }
 
 TEST_P(ArgumentRulesTest, PtrdiffMaxItselfReachesTheAllocator) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     ScopedFailing counting(d.domain);
     pm_fail_size_at_least(counting.policy(), kHuge);
@@ -259,6 +269,7 @@ TEST_P(ArgumentRulesTest, PtrdiffMaxItselfReachesTheAllocator) {
 }
 
 TEST_P(ArgumentRulesTest, ReallocOfNullIsPassedOnAsReallocAndActsAsMalloc) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     ScopedFailing counting(d.domain);
     auto *p = static_cast<unsigned char *>(d.realloc(nullptr, 48));
@@ -274,6 +285,7 @@ TEST_P(ArgumentRulesTest, ReallocOfNullIsPassedOnAsReallocAndActsAsMalloc) {
 }
 
 TEST_P(ArgumentRulesTest, ReallocToZeroReturnsAUsableBlockAndNeverFrees) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     ScopedFailing counting(d.domain);
     void *p = d.malloc(64);
@@ -297,6 +309,7 @@ TEST_P(ArgumentRulesTest, ReallocToZeroReturnsAUsableBlockAndNeverFrees) {
 }
 
 TEST_P(ArgumentRulesTest, ReallocPreservesContent) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     // Grow and shrink across small, medium and large sizes; the common prefix survives.
     const size_t sizes[] = {1, 16, 0, 17, 512, 513, 0, 100, 4096, 300000, 0, 8, 1000, 3};
@@ -318,6 +331,7 @@ TEST_P(ArgumentRulesTest, ReallocPreservesContent) {
 }
 
 TEST_P(ArgumentRulesTest, FailedReallocReturnsNullAndKeepsTheBlock) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     ScopedFailing failing(d.domain);
     auto *p = static_cast<unsigned char *>(d.malloc(100));
@@ -348,6 +362,7 @@ TEST_P(ArgumentRulesTest, FailedReallocReturnsNullAndKeepsTheBlock) {
 }
 
 TEST_P(ArgumentRulesTest, FailedAllocationsReturnNull) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     ScopedFailing failing(d.domain);
     pm_fail_from_nth(failing.policy(), 1);
@@ -363,6 +378,7 @@ TEST_P(ArgumentRulesTest, FailedAllocationsReturnNull) {
 }
 
 TEST_P(ArgumentRulesTest, FreeOfNullDoesNothing) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     d.free(nullptr);
     {
@@ -380,6 +396,7 @@ TEST_P(ArgumentRulesTest, FreeOfNullDoesNothing) {
 }
 
 TEST_P(ArgumentRulesTest, CallocZeroes) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     struct Request {
         size_t nelem, elsize;
@@ -404,6 +421,7 @@ TEST_P(ArgumentRulesTest, CallocZeroes) {
 }
 
 TEST_P(ArgumentRulesTest, CallocReachesTheAllocatorsCalloc) {
+    GilScope gil;
     const DomainApi &d = GetParam();
     ScopedFailing counting(d.domain);
     void *z = d.calloc(5, 9);
@@ -838,6 +856,7 @@ TEST(FailingAllocatorTest, AFailedCallNeverReachesTheWrappedAllocator) {
 // ---- alloc/pymem_compat.h ------------------------------------------------------------
 
 TEST(CompatTest, CStyleCodeBuildsAndRunsUnchanged) {
+    GilScope gil;
     EXPECT_EQ(0, api_compat_c_run()) << "first failing check at tests/api_compat_c.c line "
                                      << api_compat_c_run();
 }

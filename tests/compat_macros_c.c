@@ -9,6 +9,9 @@
  * that the largest sizes the macros allow can be seen to reach an allocator without
  * reaching the C library. The only pm_* names are in the test scaffolding (the arena
  * reserve, the live-block count), never in the CPython-style code under test.
+ *
+ * The GIL: every entry point is PM_GIL_REQUIRED (compat_macros_c.h), as is every static
+ * function that calls the mem or object domains; the C++ caller holds it (GilScope).
  */
 #include "tests/compat_macros_c.h"
 
@@ -87,8 +90,9 @@ static void hook_uninstall(counting_hook *h) {
     PyMem_SetAllocator(h->domain, &h->base);
 }
 
-/* Runs body with both hooks installed; they are removed whatever body returns. */
-static int with_hooks(int (*body)(void)) {
+/* Runs body with both hooks installed; they are removed whatever body returns. Every body
+ * calls the mem and object domains, so the caller holds the GIL for it. */
+static int with_hooks(int (*body)(void)) PM_GIL_REQUIRED {
     hook_install(&mem_hook, PYMEM_DOMAIN_MEM);
     hook_install(&obj_hook, PYMEM_DOMAIN_OBJ);
     int rc = body();
@@ -126,7 +130,7 @@ typedef struct {
 
 /* ---- PyMem_New -------------------------------------------------------------------------- */
 
-static int pymem_new_body(void) {
+static int pymem_new_body(void) PM_GIL_REQUIRED {
     int *a = PyMem_New(int, 10);
     CHECK(a != NULL);
     CHECK(mem_hook.mallocs == 1 && mem_hook.last_size == 10 * sizeof(int));
@@ -194,7 +198,7 @@ int compat_c_pymem_new(void) {
 
 /* ---- PyMem_Resize ----------------------------------------------------------------------- */
 
-static int pymem_resize_body(void) {
+static int pymem_resize_body(void) PM_GIL_REQUIRED {
     int *p = PyMem_New(int, 4);
     CHECK(p != NULL);
     for (int i = 0; i < 4; i++) p[i] = 10 + i;
@@ -253,7 +257,7 @@ int compat_c_pymem_resize(void) {
 
 /* ---- arguments that are expressions ------------------------------------------------------ */
 
-static int argument_evaluation_body(void) {
+static int argument_evaluation_body(void) PM_GIL_REQUIRED {
     /* Each use of an argument is parenthesised: operators inside keep their meaning. */
     int *a = PyMem_New(int, 2 + 3);
     CHECK(a != NULL && mem_hook.last_size == 5 * sizeof(int));
@@ -296,7 +300,7 @@ int compat_c_argument_evaluation(void) {
 
 /* ---- upper-case and deprecated aliases ------------------------------------------------- */
 
-static int aliases_body(void) {
+static int aliases_body(void) PM_GIL_REQUIRED {
     void *m = PyMem_MALLOC(10);
     CHECK(m != NULL && mem_hook.mallocs == 1 && mem_hook.last_size == 10);
     m = PyMem_REALLOC(m, 20);
@@ -352,7 +356,7 @@ int compat_c_aliases(void) {
 
 /* ---- PyObject_New ----------------------------------------------------------------------- */
 
-static int object_new_body(void) {
+static int object_new_body(void) PM_GIL_REQUIRED {
     CHECK(offsetof(FloatObject, ob_base) == 0);
     FloatObject *f = PyObject_New(FloatObject, &Float_Type);
     CHECK(f != NULL);
@@ -381,7 +385,7 @@ int compat_c_object_new(void) {
     return with_hooks(object_new_body);
 }
 
-static int object_new_var_body(void) {
+static int object_new_var_body(void) PM_GIL_REQUIRED {
     BytesObject *b = PyObject_NewVar(BytesObject, &Bytes_Type, 10);
     CHECK(b != NULL);
     /* 24 header bytes + 10 items, rounded up to a multiple of sizeof(void *). */

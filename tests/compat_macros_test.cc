@@ -6,7 +6,9 @@
 // warnings): that is the language extension modules are written in. This file runs each
 // one and then does the same few things from C++, where the macros must also compile.
 //
-// The mem and object domains are called without a GIL: nothing here runs concurrently.
+// The mem and object domains, the object family and the arena allocator require the GIL:
+// each test holds it for its whole body (GilScope), as do SetUp and TearDown, and the C
+// checks are declared PM_GIL_REQUIRED (compat_macros_c.h).
 
 #include <errno.h>
 #include <stddef.h>
@@ -18,13 +20,18 @@
 #include "alloc/pymem_compat.h"
 #include "gtest/gtest.h"
 #include "tests/compat_macros_c.h"
+#include "tests/support/gil_scope.h"
 
 namespace {
 
 class CompatMacrosTest : public testing::Test {
   protected:
-    void SetUp() override { ASSERT_EQ(0, pm_setup_allocators("default")) << "errno " << errno; }
+    void SetUp() override {
+        GilScope gil;
+        ASSERT_EQ(0, pm_setup_allocators("default")) << "errno " << errno;
+    }
     void TearDown() override {
+        GilScope gil;
         // Each C check restores what it installed: the names read back unchanged.
         EXPECT_STREQ("pymalloc", pm_current_allocator_name());
         EXPECT_EQ(0u, pm_allocated_blocks()) << "a check leaked pymalloc blocks";
@@ -36,30 +43,37 @@ class CompatMacrosTest : public testing::Test {
     EXPECT_EQ(0, fn()) << "first failing check at tests/compat_macros_c.c line " << fn()
 
 TEST_F(CompatMacrosTest, PyMemNewFromC) {
+    GilScope gil;
     EXPECT_C_CHECKS_PASS(compat_c_pymem_new);
 }
 
 TEST_F(CompatMacrosTest, PyMemResizeFromC) {
+    GilScope gil;
     EXPECT_C_CHECKS_PASS(compat_c_pymem_resize);
 }
 
 TEST_F(CompatMacrosTest, ArgumentEvaluationFromC) {
+    GilScope gil;
     EXPECT_C_CHECKS_PASS(compat_c_argument_evaluation);
 }
 
 TEST_F(CompatMacrosTest, AliasesFromC) {
+    GilScope gil;
     EXPECT_C_CHECKS_PASS(compat_c_aliases);
 }
 
 TEST_F(CompatMacrosTest, ObjectNewFromC) {
+    GilScope gil;
     EXPECT_C_CHECKS_PASS(compat_c_object_new);
 }
 
 TEST_F(CompatMacrosTest, ObjectNewVarFromC) {
+    GilScope gil;
     EXPECT_C_CHECKS_PASS(compat_c_object_new_var);
 }
 
 TEST_F(CompatMacrosTest, ArenaAllocatorFromC) {
+    GilScope gil;
     EXPECT_C_CHECKS_PASS(compat_c_arena_allocator);
 }
 
@@ -86,6 +100,7 @@ TEST_F(CompatMacrosTest, TypesAreThePmTypes) {
 }
 
 TEST_F(CompatMacrosTest, MacrosCompileAndWorkInCxx) {
+    GilScope gil;
     double *d = PyMem_New(double, 4);
     ASSERT_NE(nullptr, d);
     d[3] = 1.0;

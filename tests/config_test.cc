@@ -11,8 +11,9 @@
 // in a child: this binary re-executed with posix_spawn, its stderr read through a pipe
 // (no fork of a running test, so it works the same under TSan and ASan).
 //
-// The mem and object domains are called without a GIL (nothing here runs concurrently),
-// except under the debug hooks, which check it: those tests hold it (GilScope).
+// Configuration, the mem and object domains and the pymalloc state all require the GIL
+// (PM_GIL_REQUIRED): every test that uses them holds it for its whole body (GilScope), as
+// do SetUp and TearDown; the debug hooks check it at run time too.
 // Every test starts and ends on "default" with no hook installed and no variable set.
 
 #include <errno.h>
@@ -137,6 +138,7 @@ struct CountingHook {
 class ConfigTest : public testing::Test {
   protected:
     void SetUp() override {
+        GilScope gil;
         unsetenv("PYTHONMALLOC");
         unsetenv("PYTHONMALLOCSTATS");
         ASSERT_EQ(0, pm_setup_allocators("default")) << "errno " << errno;
@@ -144,6 +146,7 @@ class ConfigTest : public testing::Test {
         baseline_blocks_ = pm_allocated_blocks();
     }
     void TearDown() override {
+        GilScope gil;
         unsetenv("PYTHONMALLOC");
         unsetenv("PYTHONMALLOCSTATS");
         EXPECT_EQ(baseline_blocks_, pm_allocated_blocks()) << "a test leaked pymalloc blocks";
@@ -166,6 +169,7 @@ TEST_F(ConfigTest, StartsOnPymalloc) {
 }
 
 TEST_F(ConfigTest, PymallocNamesInstallSystemRawAndPymallocMemObj) {
+    GilScope gil;
     for (const char *name : kPymallocNames) {
         SCOPED_TRACE(std::string("name \"") + name + "\"");
         ASSERT_EQ(0, pm_setup_allocators("malloc"));
@@ -179,6 +183,7 @@ TEST_F(ConfigTest, PymallocNamesInstallSystemRawAndPymallocMemObj) {
 }
 
 TEST_F(ConfigTest, MallocInstallsSystemEverywhere) {
+    GilScope gil;
     ASSERT_EQ(0, pm_setup_allocators("malloc")) << "errno " << errno;
     ExpectMallocInstalled();
     EXPECT_EQ("malloc", NameOrNull(pm_current_allocator_name()));
@@ -192,6 +197,7 @@ TEST_F(ConfigTest, MallocInstallsSystemEverywhere) {
 }
 
 TEST_F(ConfigTest, CurrentNameRoundTrips) {
+    GilScope gil;
     for (const char *name : {"default", "malloc", "pymalloc", "malloc", "", "malloc", "debug",
                              "malloc_debug", "pymalloc_debug", "malloc", "malloc_debug"}) {
         SCOPED_TRACE(name);
@@ -206,6 +212,7 @@ TEST_F(ConfigTest, CurrentNameRoundTrips) {
 }
 
 TEST_F(ConfigTest, RepeatingTheCurrentNameIsNoChange) {
+    GilScope gil;
     for (const char *name : {"pymalloc", "malloc", "pymalloc_debug", "malloc_debug"}) {
         SCOPED_TRACE(name);
         ASSERT_EQ(0, pm_setup_allocators(name));
@@ -218,6 +225,7 @@ TEST_F(ConfigTest, RepeatingTheCurrentNameIsNoChange) {
 // CPython's meanings: "debug" is the default allocators plus the hooks, and reads back as
 // "pymalloc_debug" (as "default" reads back as "pymalloc").
 TEST_F(ConfigTest, DebugNamesInstallTheHooksOverThePlainConfiguration) {
+    GilScope gil;
     struct {
         const char *name;
         const char *reads_back;
@@ -237,7 +245,6 @@ TEST_F(ConfigTest, DebugNamesInstallTheHooksOverThePlainConfiguration) {
             }
             EXPECT_EQ(c.reads_back, NameOrNull(pm_current_allocator_name()));
             // Blocks flow in every domain, through the hooks (the GIL is checked).
-            GilScope gil;
             void *a = pm_mem_malloc(16), *b = pm_obj_malloc(16), *r = pm_raw_malloc(16);
             ASSERT_TRUE(a && b && r);
             EXPECT_EQ('m', static_cast<char *>(a)[-8]);
@@ -253,6 +260,7 @@ TEST_F(ConfigTest, DebugNamesInstallTheHooksOverThePlainConfiguration) {
 }
 
 TEST_F(ConfigTest, UnknownNamesAndNullAreEinvalAndChangeNothing) {
+    GilScope gil;
     for (const char *start : {"pymalloc", "malloc"}) {
         ASSERT_EQ(0, pm_setup_allocators(start));
         Tables before = Snapshot();
@@ -274,6 +282,7 @@ TEST_F(ConfigTest, UnknownNamesAndNullAreEinvalAndChangeNothing) {
 // ---- EBUSY: never strand pymalloc's blocks ----------------------------------------------
 
 TEST_F(ConfigTest, LeavingPymallocWithLiveMemBlockIsEbusy) {
+    GilScope gil;
     void *p = pm_mem_malloc(16);
     ASSERT_NE(nullptr, p);
     ASSERT_GT(pm_allocated_blocks(), baseline_blocks_);
@@ -292,6 +301,7 @@ TEST_F(ConfigTest, LeavingPymallocWithLiveMemBlockIsEbusy) {
 }
 
 TEST_F(ConfigTest, LeavingPymallocWithLiveObjBlockIsEbusy) {
+    GilScope gil;
     void *p = pm_obj_malloc(100);
     ASSERT_NE(nullptr, p);
     Tables before = Snapshot();
@@ -306,6 +316,7 @@ TEST_F(ConfigTest, LeavingPymallocWithLiveObjBlockIsEbusy) {
 // A block pymalloc passed to the raw domain still counts (pm_allocated_blocks includes it,
 // and freeing it through the C library would leave pymalloc's count wrong for good).
 TEST_F(ConfigTest, LiveLargeBlockAlsoCountsForEbusy) {
+    GilScope gil;
     void *p = pm_mem_malloc(4096);
     ASSERT_NE(nullptr, p);
     ASSERT_GT(pm_allocated_blocks(), baseline_blocks_);
@@ -318,6 +329,7 @@ TEST_F(ConfigTest, LiveLargeBlockAlsoCountsForEbusy) {
 // The refusal covers only one mem or obj domain changing: a user who put the system
 // allocator in mem by hand, with pymalloc blocks live in obj, still may not go to "malloc".
 TEST_F(ConfigTest, EbusyWhenOnlyObjWouldLosePymalloc) {
+    GilScope gil;
     ASSERT_EQ(0, pm_set_allocator(PM_DOMAIN_MEM, &pm_system_allocator));
     void *p = pm_obj_malloc(32);
     ASSERT_NE(nullptr, p);
@@ -333,6 +345,7 @@ TEST_F(ConfigTest, EbusyWhenOnlyObjWouldLosePymalloc) {
 
 // A hook wrapping pymalloc is replaced by "malloc" only when pymalloc has no live blocks.
 TEST_F(ConfigTest, HookWrappingPymallocWithLiveBlockIsEbusy) {
+    GilScope gil;
     CountingHook hook;
     hook.Install(PM_DOMAIN_MEM);
     void *p = pm_mem_malloc(24);
@@ -352,6 +365,7 @@ TEST_F(ConfigTest, HookWrappingPymallocWithLiveBlockIsEbusy) {
 // them to the raw domain, so "malloc" -> "pymalloc" with system blocks live is allowed and
 // those blocks are then freed correctly through the mem and object domains.
 TEST_F(ConfigTest, ToPymallocWithLiveSystemBlocksIsAllowed) {
+    GilScope gil;
     ASSERT_EQ(0, pm_setup_allocators("malloc"));
     void *a = pm_mem_malloc(16);
     void *b = pm_obj_malloc(16);
@@ -368,6 +382,7 @@ TEST_F(ConfigTest, ToPymallocWithLiveSystemBlocksIsAllowed) {
 // ---- EBUSY with the debug hooks: their blocks and plain ones cannot free each other ------
 
 TEST_F(ConfigTest, AddingHooksOverLivePymallocBlocksIsEbusy) {
+    GilScope gil;
     void *p = pm_obj_malloc(16);
     ASSERT_NE(nullptr, p);
     Tables before = Snapshot();
@@ -383,6 +398,7 @@ TEST_F(ConfigTest, AddingHooksOverLivePymallocBlocksIsEbusy) {
 }
 
 TEST_F(ConfigTest, RemovingHooksWithTheirBlocksLiveIsEbusy) {
+    GilScope gil;
     struct {
         const char *hooked;
         const char *plain;
@@ -392,25 +408,19 @@ TEST_F(ConfigTest, RemovingHooksWithTheirBlocksLiveIsEbusy) {
         SCOPED_TRACE(std::string(c.hooked) + " then " + c.plain);
         ASSERT_EQ(0, pm_setup_allocators(c.hooked));
         Tables before = Snapshot();
-        void *p;
-        {
-            GilScope gil;
-            p = pm_mem_malloc(16);
-            ASSERT_NE(nullptr, p);
-        }
+        void *p = pm_mem_malloc(16);
+        ASSERT_NE(nullptr, p);
         errno = 0;
         EXPECT_EQ(-1, pm_setup_allocators(c.plain));
         EXPECT_EQ(EBUSY, errno);
         EXPECT_TRUE(before == Snapshot());
-        {
-            GilScope gil;
-            pm_mem_free(p);
-        }
+        pm_mem_free(p);
         EXPECT_EQ(0, pm_setup_allocators(c.plain)) << "errno " << errno;
     }
 }
 
 TEST_F(ConfigTest, HookedRawBlockLiveKeepsTheRawHook) {
+    GilScope gil;
     ASSERT_EQ(0, pm_setup_allocators("malloc_debug"));
     void *r = pm_raw_malloc(16);
     ASSERT_NE(nullptr, r);
@@ -430,6 +440,7 @@ TEST_F(ConfigTest, HookedRawBlockLiveKeepsTheRawHook) {
 // ---- foreign allocators read back as NULL --------------------------------------------------
 
 TEST_F(ConfigTest, ForeignHookInAnyDomainGivesNullName) {
+    GilScope gil;
     for (const char *start : {"pymalloc", "malloc", "pymalloc_debug", "malloc_debug"}) {
         ASSERT_EQ(0, pm_setup_allocators(start));
         for (int d = 0; d < PM_DOMAIN_COUNT; d++) {
@@ -444,6 +455,7 @@ TEST_F(ConfigTest, ForeignHookInAnyDomainGivesNullName) {
 }
 
 TEST_F(ConfigTest, MixedCanonicalRecordsGiveNullName) {
+    GilScope gil;
     ASSERT_EQ(0, pm_set_allocator(PM_DOMAIN_OBJ, &pm_system_allocator));
     EXPECT_EQ(nullptr, pm_current_allocator_name());  // mem pymalloc, obj system
     ASSERT_EQ(0, pm_setup_allocators("malloc"));
@@ -453,6 +465,7 @@ TEST_F(ConfigTest, MixedCanonicalRecordsGiveNullName) {
 
 // With nothing live, a name replaces a foreign hook, in any domain.
 TEST_F(ConfigTest, NameReplacesForeignHooks) {
+    GilScope gil;
     CountingHook hooks[PM_DOMAIN_COUNT];
     for (int d = 0; d < PM_DOMAIN_COUNT; d++) hooks[d].Install(static_cast<pm_domain>(d));
     ASSERT_EQ(nullptr, pm_current_allocator_name());
@@ -466,7 +479,7 @@ TEST_F(ConfigTest, NameReplacesForeignHooks) {
 // ---- pm_init_from_env ------------------------------------------------------------------
 
 // Runs pm_init_from_env() with stderr captured; returns its result.
-int InitFromEnvCapturing(std::string *err) {
+int InitFromEnvCapturing(std::string *err) PM_GIL_REQUIRED {
     testing::internal::CaptureStderr();
     int rc = pm_init_from_env();
     *err = testing::internal::GetCapturedStderr();
@@ -474,6 +487,7 @@ int InitFromEnvCapturing(std::string *err) {
 }
 
 TEST_F(ConfigTest, EnvUnsetChangesNothing) {
+    GilScope gil;
     for (const char *start : {"pymalloc", "malloc"}) {
         SCOPED_TRACE(start);
         ASSERT_EQ(0, pm_setup_allocators(start));
@@ -486,6 +500,7 @@ TEST_F(ConfigTest, EnvUnsetChangesNothing) {
 }
 
 TEST_F(ConfigTest, EnvEmptyChangesNothing) {
+    GilScope gil;
     ASSERT_EQ(0, pm_setup_allocators("malloc"));
     ASSERT_EQ(0, setenv("PYTHONMALLOC", "", 1));
     ASSERT_EQ(0, setenv("PYTHONMALLOCSTATS", "", 1));  // empty: off, as in CPython
@@ -497,6 +512,7 @@ TEST_F(ConfigTest, EnvEmptyChangesNothing) {
 }
 
 TEST_F(ConfigTest, EnvNamesAreApplied) {
+    GilScope gil;
     struct {
         const char *value;
         const char *reads_back;
@@ -514,6 +530,7 @@ TEST_F(ConfigTest, EnvNamesAreApplied) {
 }
 
 TEST_F(ConfigTest, EnvUnknownNameFailsLoudlyAndChangesNothing) {
+    GilScope gil;
     ASSERT_EQ(0, pm_setup_allocators("malloc"));
     Tables before = Snapshot();
     ASSERT_EQ(0, setenv("PYTHONMALLOC", "bogus", 1));
@@ -530,6 +547,7 @@ TEST_F(ConfigTest, EnvUnknownNameFailsLoudlyAndChangesNothing) {
 }
 
 TEST_F(ConfigTest, EnvUnknownNameIsPrintedOnOneLine) {
+    GilScope gil;
     ASSERT_EQ(0, setenv("PYTHONMALLOC", "mal\nloc\\\x7f", 1));
     std::string err;
     EXPECT_EQ(-1, InitFromEnvCapturing(&err));
@@ -539,6 +557,7 @@ TEST_F(ConfigTest, EnvUnknownNameIsPrintedOnOneLine) {
 }
 
 TEST_F(ConfigTest, EnvDebugNamesAreApplied) {
+    GilScope gil;
     struct {
         const char *value;
         const char *reads_back;
@@ -557,13 +576,10 @@ TEST_F(ConfigTest, EnvDebugNamesAreApplied) {
 }
 
 TEST_F(ConfigTest, EnvPlainNameWithHookedBlocksLiveFailsLoudly) {
+    GilScope gil;
     ASSERT_EQ(0, pm_setup_allocators("malloc_debug"));
-    void *p;
-    {
-        GilScope gil;
-        p = pm_obj_malloc(48);
-        ASSERT_NE(nullptr, p);
-    }
+    void *p = pm_obj_malloc(48);
+    ASSERT_NE(nullptr, p);
     Tables before = Snapshot();
     ASSERT_EQ(0, setenv("PYTHONMALLOC", "malloc", 1));
     std::string err;
@@ -574,11 +590,11 @@ TEST_F(ConfigTest, EnvPlainNameWithHookedBlocksLiveFailsLoudly) {
         "PYTHONMALLOC before the first allocation\n",
         err);
     EXPECT_TRUE(before == Snapshot());
-    GilScope gil;
     pm_obj_free(p);
 }
 
 TEST_F(ConfigTest, EnvMallocWithLiveBlocksFailsLoudly) {
+    GilScope gil;
     void *p = pm_obj_malloc(48);
     ASSERT_NE(nullptr, p);
     Tables before = Snapshot();
@@ -666,6 +682,7 @@ bool InChild(const char *test) {
 // arena, and marks the end of its work so the parent can tell new-arena reports from the
 // exit report.
 TEST(ConfigChild, InitAllocateExit) {
+    GilScope gil;
     if (!InChild("InitAllocateExit")) GTEST_SKIP() << "runs as a child of ConfigStatsTest";
     ASSERT_EQ(0, pm_init_from_env());
     ASSERT_EQ(0, pm_init_from_env());

@@ -24,11 +24,13 @@
 // Death tests use gtest's "threadsafe" style (the child re-executes this binary), which
 // works under ASan and TSan alike, so nothing here is tagged no_tsan.
 //
-// The mem and object domains are used with the GIL held (tests/support's GilScope, a scoped
-// capability that clang's -Wthread-safety sees, should pm_mem_* / pm_obj_* be declared
-// PM_GIL_REQUIRED). Lambdas run inside a GilScope reach them through kApis' function
-// pointers, which the analysis does not follow; calls made without the GIL on purpose sit
-// in helpers marked PM_NO_THREAD_SAFETY_ANALYSIS, as in gil_death_test.cc.
+// The mem and object domains, pm_setup_allocators and pm_setup_debug_hooks require the GIL
+// (PM_GIL_REQUIRED): tests hold it for their whole body (tests/support's GilScope, a scoped
+// capability that clang's -Wthread-safety sees), as do SetUp and TearDown. Lambdas run
+// inside a GilScope reach the domains through kApis' function pointers, which the analysis
+// does not follow. The tests of the GIL check take it only to install the hooks, then make
+// their calls without it on purpose, through those same function pointers (the
+// *WithoutGil helpers).
 
 #include <setjmp.h>
 #include <stdint.h>
@@ -244,16 +246,20 @@ std::string GilFatal(const char *func) {
 class DebugHooksTest : public ::testing::Test {
   protected:
     void SetUp() override {
+        GilScope gil;
         GTEST_FLAG_SET(death_test_style, "threadsafe");
         pm_set_fatal_handler(nullptr);
         ASSERT_EQ(0, pm_setup_allocators("default")) << "errno " << errno;
     }
     void TearDown() override {
+        GilScope gil;
         pm_set_fatal_handler(nullptr);
         // EBUSY here means a test leaked a hooked block.
         EXPECT_EQ(0, pm_setup_allocators("default")) << "errno " << errno;
     }
-    static void Hook(const char *name) { ASSERT_EQ(0, pm_setup_allocators(name)) << name; }
+    static void Hook(const char *name) PM_GIL_REQUIRED {
+        ASSERT_EQ(0, pm_setup_allocators(name)) << name;
+    }
 };
 
 using DebugHooksDeathTest = DebugHooksTest;
@@ -261,8 +267,8 @@ using DebugHooksDeathTest = DebugHooksTest;
 // ---- layout and fill patterns --------------------------------------------------------------
 
 TEST_F(DebugHooksTest, FreshBlockIsDecoratedAndCleanBeyondWhatWasWritten) {
-    Hook("pymalloc_debug");
     GilScope gil;
+    Hook("pymalloc_debug");
     for (const Api &api : kApis) {
         SCOPED_TRACE(std::string("API ") + api.id);
         uint8_t *p = static_cast<uint8_t *>(api.malloc(40));
@@ -277,8 +283,8 @@ TEST_F(DebugHooksTest, FreshBlockIsDecoratedAndCleanBeyondWhatWasWritten) {
 }
 
 TEST_F(DebugHooksTest, TrailerStartsExactlyAtTheEndWithoutRounding) {
-    Hook("malloc_debug");
     GilScope gil;
+    Hook("malloc_debug");
     for (size_t n : {size_t{0}, size_t{1}, size_t{7}, size_t{8}, size_t{9}, size_t{511}}) {
         for (const Api &api : kApis) {
             SCOPED_TRACE(std::string("API ") + api.id + ", n " + std::to_string(n));
@@ -292,8 +298,8 @@ TEST_F(DebugHooksTest, TrailerStartsExactlyAtTheEndWithoutRounding) {
 }
 
 TEST_F(DebugHooksTest, SizeIsStoredBigEndian) {
-    Hook("debug");
     GilScope gil;
+    Hook("debug");
     uint8_t *p = static_cast<uint8_t *>(pm_mem_malloc(0x0102));
     ASSERT_NE(nullptr, p);
     const uint8_t expected[8] = {0, 0, 0, 0, 0, 0, 0x01, 0x02};
@@ -302,8 +308,8 @@ TEST_F(DebugHooksTest, SizeIsStoredBigEndian) {
 }
 
 TEST_F(DebugHooksTest, CallocIsZeroedAndDecorated) {
-    Hook("pymalloc_debug");
     GilScope gil;
+    Hook("pymalloc_debug");
     for (const Api &api : kApis) {
         SCOPED_TRACE(std::string("API ") + api.id);
         uint8_t *p = static_cast<uint8_t *>(api.calloc(7, 9));
@@ -316,6 +322,7 @@ TEST_F(DebugHooksTest, CallocIsZeroedAndDecorated) {
 
 // CPython's calloc hook asks the allocator below for calloc(1, n + 24).
 TEST_F(DebugHooksTest, CallocAsksTheWrappedAllocatorForOneBlockOfTheTotal) {
+    GilScope gil;
     Recorder rec;
     rec.Install(PM_DOMAIN_RAW);
     ASSERT_EQ(0, pm_setup_debug_hooks());
@@ -327,8 +334,8 @@ TEST_F(DebugHooksTest, CallocAsksTheWrappedAllocatorForOneBlockOfTheTotal) {
 }
 
 TEST_F(DebugHooksTest, ReallocGrowthIsCleanAndContentsAreKept) {
-    Hook("pymalloc_debug");
     GilScope gil;
+    Hook("pymalloc_debug");
     for (const Api &api : kApis) {
         SCOPED_TRACE(std::string("API ") + api.id);
         uint8_t *p = static_cast<uint8_t *>(api.malloc(8));
@@ -355,6 +362,7 @@ TEST_F(DebugHooksTest, ReallocGrowthIsCleanAndContentsAreKept) {
 // Above 128 bytes realloc saves only 64 bytes at each end; the middle must survive through
 // the wrapped realloc itself, in every direction.
 TEST_F(DebugHooksTest, ReallocOfLargeBlocksKeepsEveryByte) {
+    GilScope gil;
     Hook("malloc_debug");
     for (size_t from : {size_t{129}, size_t{200}, size_t{5000}}) {
         for (size_t to : {size_t{1}, size_t{64}, size_t{100}, size_t{150}, size_t{4000},
@@ -383,30 +391,29 @@ TEST_F(DebugHooksTest, ReallocOfLargeBlocksKeepsEveryByte) {
 // ---- white-box: what the hook leaves in memory it gives back -------------------------------
 
 TEST_F(DebugHooksTest, FreedBlockReadsDeadbyteBeforeItIsReleased) {
+    GilScope gil;
     for (const Api &api : kApis) {
         SCOPED_TRACE(std::string("API ") + api.id);
         ASSERT_EQ(0, pm_setup_allocators("pymalloc"));
         Recorder rec;
         rec.Install(api.domain);
         ASSERT_EQ(0, pm_setup_debug_hooks());
-        {
-            GilScope gil;
-            for (size_t n : {size_t{0}, size_t{16}, size_t{300}, size_t{2000}}) {
-                void *p = api.malloc(n);
-                ASSERT_NE(nullptr, p);
-                EXPECT_EQ(n + 24, rec.last_request);
-                memset(p, 0x42, n);
-                api.free(p);
-                ASSERT_EQ(n + 24, rec.last_freed.size());
-                EXPECT_TRUE(AllBytesAre(rec.last_freed.data(), n + 24, 0xDD))
-                    << "header, data and trailer are DEADBYTE when the block is passed down";
-            }
+        for (size_t n : {size_t{0}, size_t{16}, size_t{300}, size_t{2000}}) {
+            void *p = api.malloc(n);
+            ASSERT_NE(nullptr, p);
+            EXPECT_EQ(n + 24, rec.last_request);
+            memset(p, 0x42, n);
+            api.free(p);
+            ASSERT_EQ(n + 24, rec.last_freed.size());
+            EXPECT_TRUE(AllBytesAre(rec.last_freed.data(), n + 24, 0xDD))
+                << "header, data and trailer are DEADBYTE when the block is passed down";
         }
         ASSERT_EQ(0, pm_setup_allocators("default"));
     }
 }
 
 TEST_F(DebugHooksTest, ReallocMarksTheOldBlockDeadBeforeTheWrappedReallocSeesIt) {
+    GilScope gil;
     Recorder rec;
     rec.Install(PM_DOMAIN_RAW);
     ASSERT_EQ(0, pm_setup_debug_hooks());
@@ -439,6 +446,7 @@ TEST_F(DebugHooksTest, ReallocMarksTheOldBlockDeadBeforeTheWrappedReallocSeesIt)
 }
 
 TEST_F(DebugHooksTest, FailedReallocRestoresTheOldBlockWhole) {
+    GilScope gil;
     Recorder rec;
     rec.Install(PM_DOMAIN_RAW);
     ASSERT_EQ(0, pm_setup_debug_hooks());
@@ -460,6 +468,7 @@ TEST_F(DebugHooksTest, FailedReallocRestoresTheOldBlockWhole) {
 
 // Sizes whose total would exceed PY_SSIZE_T_MAX: NULL, and the allocator below is not asked.
 TEST_F(DebugHooksTest, OverflowingSizesReturnNullWithoutCallingTheWrappedAllocator) {
+    GilScope gil;
     Recorder rec;
     rec.Install(PM_DOMAIN_RAW);
     ASSERT_EQ(0, pm_setup_debug_hooks());
@@ -492,6 +501,7 @@ const pm_allocator *Table(pm_domain d) {
 }
 
 TEST_F(DebugHooksTest, ContextsHoldTheApiIdAndACopyOfTheWrappedAllocator) {
+    GilScope gil;
     ASSERT_EQ(0, pm_setup_debug_hooks());
     const char ids[] = {'r', 'm', 'o'};
     const pm_allocator *wrapped[] = {&pm_system_allocator, &pm_pymalloc_allocator,
@@ -505,6 +515,7 @@ TEST_F(DebugHooksTest, ContextsHoldTheApiIdAndACopyOfTheWrappedAllocator) {
 }
 
 TEST_F(DebugHooksTest, InstallingTwiceDoesNotWrapTwice) {
+    GilScope gil;
     Recorder rec;
     rec.Install(PM_DOMAIN_MEM);
     ASSERT_EQ(0, pm_setup_debug_hooks());
@@ -513,7 +524,6 @@ TEST_F(DebugHooksTest, InstallingTwiceDoesNotWrapTwice) {
     ASSERT_EQ(0, pm_setup_debug_hooks());
     PyMem_SetupDebugHooks();  // the compat spelling
     for (int d = 0; d < PM_DOMAIN_COUNT; d++) EXPECT_EQ(first[d], Table(static_cast<pm_domain>(d)));
-    GilScope gil;
     void *p = pm_mem_malloc(10);
     ASSERT_NE(nullptr, p);
     EXPECT_EQ(34u, rec.last_request) << "one header and trailer, not two";
@@ -521,6 +531,7 @@ TEST_F(DebugHooksTest, InstallingTwiceDoesNotWrapTwice) {
 }
 
 TEST_F(DebugHooksTest, HooksCanBeInstalledAgainAfterSetAllocator) {
+    GilScope gil;
     ASSERT_EQ(0, pm_setup_debug_hooks());
     const pm_allocator *mem_hook = Table(PM_DOMAIN_MEM);
     const pm_allocator *obj_hook = Table(PM_DOMAIN_OBJ);
@@ -544,6 +555,7 @@ TEST_F(DebugHooksTest, HooksCanBeInstalledAgainAfterSetAllocator) {
 }
 
 TEST_F(DebugHooksTest, NamesReadBackAndRoundTrip) {
+    GilScope gil;
     struct {
         const char *name;
         const char *reads_back;
@@ -566,6 +578,7 @@ TEST_F(DebugHooksTest, NamesReadBackAndRoundTrip) {
 }
 
 TEST_F(DebugHooksTest, SetupDebugHooksOverAPlainNameReadsBackAsItsDebugName) {
+    GilScope gil;
     ASSERT_EQ(0, pm_setup_allocators("malloc"));
     ASSERT_EQ(0, pm_setup_debug_hooks());
     EXPECT_STREQ("malloc_debug", pm_current_allocator_name());
@@ -575,6 +588,7 @@ TEST_F(DebugHooksTest, SetupDebugHooksOverAPlainNameReadsBackAsItsDebugName) {
 }
 
 TEST_F(DebugHooksTest, HooksOverAnythingElseHaveNoName) {
+    GilScope gil;
     Recorder rec;
     rec.Install(PM_DOMAIN_OBJ);
     ASSERT_EQ(0, pm_setup_debug_hooks());
@@ -590,7 +604,10 @@ TEST_F(DebugHooksTest, HooksOverAnythingElseHaveNoName) {
 // ---- the GIL -------------------------------------------------------------------------------
 
 TEST_F(DebugHooksTest, RawHooksNeverLookAtTheGil) {
-    Hook("pymalloc_debug");
+    {
+        GilScope gil;
+        Hook("pymalloc_debug");
+    }
     ASSERT_FALSE(pm_gil_held());
     void *p = pm_raw_malloc(10);
     ASSERT_NE(nullptr, p);
@@ -602,8 +619,8 @@ TEST_F(DebugHooksTest, RawHooksNeverLookAtTheGil) {
 }
 
 TEST_F(DebugHooksTest, MemAndObjectWorkWithTheGil) {
-    Hook("pymalloc_debug");
     GilScope gil;
+    Hook("pymalloc_debug");
     pm_mem_free(nullptr);
     pm_obj_free(nullptr);
     void *p = pm_obj_calloc(4, 4);
@@ -621,8 +638,8 @@ void WriteAndFree(char id, size_t n, ptrdiff_t offset) {
 }
 
 TEST_F(DebugHooksDeathTest, OneBytePastTheEnd) {
-    Hook("pymalloc_debug");
     GilScope gil;
+    Hook("pymalloc_debug");
     for (char id : {'m', 'o', 'r'}) {
         SCOPED_TRACE(id);
         Report r;
@@ -635,8 +652,8 @@ TEST_F(DebugHooksDeathTest, OneBytePastTheEnd) {
 }
 
 TEST_F(DebugHooksDeathTest, OneBytePastTheEndOfAnEmptyBlockHasNoDataLine) {
-    Hook("malloc_debug");
     GilScope gil;
+    Hook("malloc_debug");
     Report r;
     r.n = 0;
     r.bad_tail = 0;
@@ -645,8 +662,8 @@ TEST_F(DebugHooksDeathTest, OneBytePastTheEndOfAnEmptyBlockHasNoDataLine) {
 }
 
 TEST_F(DebugHooksDeathTest, OneByteBeforeTheStart) {
-    Hook("pymalloc_debug");
     GilScope gil;
+    Hook("pymalloc_debug");
     for (char id : {'m', 'o', 'r'}) {
         SCOPED_TRACE(id);
         Report r;
@@ -660,8 +677,8 @@ TEST_F(DebugHooksDeathTest, OneByteBeforeTheStart) {
 
 // The leading pad is checked before the trailing one: both damaged reports "leading".
 TEST_F(DebugHooksDeathTest, LeadingPadIsCheckedFirst) {
-    Hook("pymalloc_debug");
     GilScope gil;
+    Hook("pymalloc_debug");
     auto both = [] {
         const Api &mem = ApiOf('m');
         uint8_t *p = static_cast<uint8_t *>(mem.malloc(3));
@@ -713,8 +730,8 @@ const std::pair<char, char> kWrongPairs[] = {{'m', 'r'}, {'m', 'o'}, {'o', 'r'},
                                              {'o', 'm'}, {'r', 'm'}, {'r', 'o'}};
 
 TEST_F(DebugHooksDeathTest, FreeThroughTheWrongDomain) {
-    Hook("pymalloc_debug");
     GilScope gil;
+    Hook("pymalloc_debug");
     for (const auto &pair : kWrongPairs) {
         SCOPED_TRACE(std::string("allocated '") + pair.first + "', freed '" + pair.second + "'");
         Report r;
@@ -727,8 +744,8 @@ TEST_F(DebugHooksDeathTest, FreeThroughTheWrongDomain) {
 }
 
 TEST_F(DebugHooksDeathTest, ReallocThroughTheWrongDomain) {
-    Hook("pymalloc_debug");
     GilScope gil;
+    Hook("pymalloc_debug");
     for (const auto &pair : kWrongPairs) {
         SCOPED_TRACE(std::string("allocated '") + pair.first + "', realloc '" + pair.second + "'");
         Report r;
@@ -742,6 +759,7 @@ TEST_F(DebugHooksDeathTest, ReallocThroughTheWrongDomain) {
 }
 
 TEST_F(DebugHooksDeathTest, ReallocOfAnOverflowedBlock) {
+    GilScope gil;
     Hook("malloc_debug");
     auto overflow_then_realloc = [] {
         uint8_t *p = static_cast<uint8_t *>(pm_raw_malloc(3));
@@ -760,8 +778,8 @@ TEST_F(DebugHooksDeathTest, ReallocOfAnOverflowedBlock) {
 
 // "Data at p": the first 8 bytes, then " ..." and the last 8 when more than 8 remain.
 TEST_F(DebugHooksDeathTest, DataLineShowsBothEndsOfLongBlocks) {
-    Hook("pymalloc_debug");
     GilScope gil;
+    Hook("pymalloc_debug");
     auto numbered = [](size_t n) {
         const Api &mem = ApiOf('m');
         uint8_t *p = static_cast<uint8_t *>(mem.malloc(n));
@@ -791,21 +809,28 @@ TEST_F(DebugHooksDeathTest, DataLineShowsBothEndsOfLongBlocks) {
 
 // ---- death tests: the GIL ------------------------------------------------------------------
 
-void MallocWithoutGil(char id) PM_NO_THREAD_SAFETY_ANALYSIS {
+// The deliberate misuse under test: mem and object calls made WITHOUT the GIL. They go
+// through kApis' function pointers, which clang's thread-safety analysis does not follow,
+// so these helpers compile under -Wthread-safety without hiding anything else; at run time
+// the debug hooks catch them.
+void MallocWithoutGil(char id) {
     ApiOf(id).malloc(16);
 }
-void CallocWithoutGil(char id) PM_NO_THREAD_SAFETY_ANALYSIS {
+void CallocWithoutGil(char id) {
     ApiOf(id).calloc(2, 8);
 }
-void ReallocWithoutGil(char id, void *p) PM_NO_THREAD_SAFETY_ANALYSIS {
+void ReallocWithoutGil(char id, void *p) {
     ApiOf(id).realloc(p, 32);
 }
-void FreeWithoutGil(char id, void *p) PM_NO_THREAD_SAFETY_ANALYSIS {
+void FreeWithoutGil(char id, void *p) {
     ApiOf(id).free(p);
 }
 
 TEST_F(DebugHooksDeathTest, MemAndObjectCallsWithoutTheGil) {
-    Hook("pymalloc_debug");
+    {
+        GilScope gil;
+        Hook("pymalloc_debug");
+    }
     for (char id : {'m', 'o'}) {
         SCOPED_TRACE(id);
         void *block;
@@ -828,7 +853,11 @@ TEST_F(DebugHooksDeathTest, MemAndObjectCallsWithoutTheGil) {
 
 // The GIL is checked before the block: a wrong-domain free without the GIL reports the GIL.
 TEST_F(DebugHooksDeathTest, GilIsCheckedBeforeTheBlock) {
-    Hook("pymalloc_debug");
+    {
+        GilScope gil;
+        Hook("pymalloc_debug");
+    }
+    ASSERT_FALSE(pm_gil_held());
     void *raw = pm_raw_malloc(16);
     ASSERT_NE(nullptr, raw);
     EXPECT_DEATH(FreeWithoutGil('m', raw), GilFatal("_PyMem_DebugFree"));
@@ -870,8 +899,8 @@ bool CatchFatal(F fatal, std::string *err) {
 }
 
 TEST_F(DebugHooksTest, HandlerSeesCpythonsFunctionAndReasonAndTheExactReport) {
-    Hook("pymalloc_debug");
     GilScope gil;
+    Hook("pymalloc_debug");
     uint8_t *p = static_cast<uint8_t *>(pm_mem_malloc(40));
     ASSERT_NE(nullptr, p);
     for (int i = 0; i < 40; i++) p[i] = static_cast<uint8_t>(i);
@@ -897,8 +926,8 @@ TEST_F(DebugHooksTest, HandlerSeesCpythonsFunctionAndReasonAndTheExactReport) {
 }
 
 TEST_F(DebugHooksTest, HandlerSeesEachReason) {
-    Hook("pymalloc_debug");
     GilScope gil;
+    Hook("pymalloc_debug");
     std::string err;
 
     uint8_t *p = static_cast<uint8_t *>(pm_obj_malloc(8));
@@ -916,7 +945,11 @@ TEST_F(DebugHooksTest, HandlerSeesEachReason) {
 }
 
 TEST_F(DebugHooksTest, HandlerSeesTheGilFailureWithNoReport) {
-    Hook("pymalloc_debug");
+    {
+        GilScope gil;
+        Hook("pymalloc_debug");
+    }
+    ASSERT_FALSE(pm_gil_held());
     std::string err;
     ASSERT_TRUE(CatchFatal([] { MallocWithoutGil('o'); }, &err));
     EXPECT_EQ("_PyMem_DebugMalloc", g_func);
@@ -927,8 +960,8 @@ TEST_F(DebugHooksTest, HandlerSeesTheGilFailureWithNoReport) {
 // A NUL API id: the report prints the raw byte, as CPython's does; the handler's C string
 // spells it "\x00" rather than end there.
 TEST_F(DebugHooksTest, NulApiIdIsReportedRawAndSpelledOutForTheHandler) {
-    Hook("pymalloc_debug");
     GilScope gil;
+    Hook("pymalloc_debug");
     uint8_t *p = static_cast<uint8_t *>(pm_mem_malloc(16));
     ASSERT_NE(nullptr, p);
     p[-8] = 0;
@@ -955,6 +988,7 @@ void FreeOverflowedWithReturningHandler() {
 
 // A handler that returns does not make the error go away: the default still runs.
 TEST_F(DebugHooksDeathTest, HandlerThatReturnsFallsBackToTheDefault) {
+    GilScope gil;
     Hook("malloc_debug");
     Report r;
     r.api = 'r';
@@ -968,10 +1002,14 @@ TEST_F(DebugHooksDeathTest, HandlerThatReturnsFallsBackToTheDefault) {
 // ---- threads on the raw domain -------------------------------------------------------------
 
 // Raw calls from several threads without the GIL, checked byte by byte, while another
-// thread re-runs pm_setup_debug_hooks() (a no-op once installed). Under TSan this is the
+// thread re-runs pm_setup_debug_hooks() (a no-op once installed), holding the GIL for each
+// call as its contract requires. Under TSan this is the
 // proof that the hooks add no unsynchronised shared state to the raw path.
 TEST_F(DebugHooksTest, ThreadsUseTheRawDomainUnderTheHooks) {
-    Hook("malloc_debug");
+    {
+        GilScope gil;
+        Hook("malloc_debug");
+    }
     const pm_debug_ctx *ctx = pm_debug_hook_ctx(Table(PM_DOMAIN_RAW));
     ASSERT_NE(nullptr, ctx);
     const size_t live_before = pm_atomic_load_size_relaxed(&ctx->live_blocks);
@@ -979,9 +1017,15 @@ TEST_F(DebugHooksTest, ThreadsUseTheRawDomainUnderTheHooks) {
     constexpr int kRounds = 5000;
     std::atomic<int> failures{0};
     std::atomic<bool> stop{false};
+    // The installer takes the GIL for each call (pm_setup_debug_hooks requires it); this
+    // thread does not hold it, so it can join the installer, and the raw threads never
+    // take it.
     std::thread installer([&] {
         while (!stop.load()) {
-            if (pm_setup_debug_hooks() != 0) failures++;
+            {
+                GilScope gil;
+                if (pm_setup_debug_hooks() != 0) failures++;
+            }
             std::this_thread::yield();
         }
     });

@@ -10,8 +10,8 @@
 // or below 400 bytes (classes 0..24); free-list damage uses class 7, used-list damage
 // class 9 (after the workloads have drained it), class 29 a fresh pool, class 30 an empty
 // pool, class 31 full and empty pools. Tests that look at an empty pool raise the arena
-// reserve first, so that its arena cannot be unmapped under them. The GIL arrives later;
-// everything runs on one thread.
+// reserve first, so that its arena cannot be unmapped under them. Everything runs with the
+// GIL held (GilScope: pm_heap_check and the domains require it), on one thread at a time.
 
 #include <cstdint>
 #include <cstring>
@@ -23,6 +23,7 @@
 #include "alloc/internal/pymalloc.h"
 #include "alloc/pymalloc_mt.h"
 #include "gtest/gtest.h"
+#include "tests/support/gil_scope.h"
 
 namespace {
 
@@ -59,10 +60,12 @@ pm_block *FreeListTail(pm_pool *pool) {
 class HeapCheckTest : public ::testing::Test {
   protected:
     void SetUp() override {
+        GilScope gil;
         saved_reserve_ = pm_get_arena_reserve();
         ASSERT_EQ(pm_heap_check(), nullptr) << "the heap was broken before the test";
     }
     void TearDown() override {
+        GilScope gil;
         EXPECT_EQ(pm_heap_check(), nullptr) << "a test left the heap broken";
         for (void *p : blocks_) pm_obj_free(p);
         blocks_.clear();
@@ -70,13 +73,13 @@ class HeapCheckTest : public ::testing::Test {
         EXPECT_EQ(pm_heap_check(), nullptr);
     }
 
-    void *Alloc(size_t n) {
+    void *Alloc(size_t n) PM_GIL_REQUIRED {
         void *p = pm_obj_malloc(n);
         EXPECT_NE(p, nullptr) << n;
         if (p != nullptr) blocks_.push_back(p);
         return p;
     }
-    void Free(void *p) {
+    void Free(void *p) PM_GIL_REQUIRED {
         for (void *&q : blocks_) {
             if (q == p) {
                 pm_obj_free(p);
@@ -90,7 +93,7 @@ class HeapCheckTest : public ::testing::Test {
 
     // A used pool of `size_class`: eight blocks allocated from one pool, then three of them
     // freed, so it has blocks in use and a free list of at least three.
-    pm_pool *UsedPool(unsigned size_class) {
+    pm_pool *UsedPool(unsigned size_class) PM_GIL_REQUIRED {
         size_t size = pm_class_block_size(size_class);
         std::vector<void *> mine;
         for (int i = 0; i < 8; i++) mine.push_back(Alloc(size));
@@ -113,12 +116,14 @@ class HeapCheckTest : public ::testing::Test {
 // ---- healthy heaps --------------------------------------------------------------------
 
 TEST_F(HeapCheckTest, EmptyAndFreshHeapsPass) {
+    GilScope gil;
     EXPECT_EQ(pm_heap_check(), nullptr);
     Alloc(1);
     EXPECT_EQ(pm_heap_check(), nullptr);
 }
 
 TEST_F(HeapCheckTest, PassesThroughARandomWorkload) {
+    GilScope gil;
     std::mt19937 rng(2024);
     std::uniform_int_distribution<size_t> size(0, 400);
     std::uniform_int_distribution<int> op(0, 9);
@@ -156,6 +161,7 @@ TEST_F(HeapCheckTest, PassesThroughARandomWorkload) {
 }
 
 TEST_F(HeapCheckTest, PassesWhileArenasFillDrainAndGoToTheReserve) {
+    GilScope gil;
     pm_set_arena_reserve(0);  // start from the arenas in use only
     pm_set_arena_reserve(2 * PM_ARENA_SIZE);
     const size_t reclaimed_before = pm_counters.arenas_reclaimed;
@@ -185,6 +191,7 @@ TEST_F(HeapCheckTest, PassesWhileArenasFillDrainAndGoToTheReserve) {
 }
 
 TEST_F(HeapCheckTest, PassesWithFullPools) {
+    GilScope gil;
     const uint32_t capacity = pm_class_capacity(31);
     for (uint32_t i = 0; i < 2 * capacity + 5; i++) Alloc(512);
     bool found_full = false;
@@ -196,6 +203,7 @@ TEST_F(HeapCheckTest, PassesWithFullPools) {
 // ---- free-list damage -----------------------------------------------------------------
 
 TEST_F(HeapCheckTest, DetectsFreeBlockOutsideThePool) {
+    GilScope gil;
     pm_pool *pool = UsedPool(7);
     pm_block *tail = FreeListTail(pool);
     pm_block elsewhere{};
@@ -207,6 +215,7 @@ TEST_F(HeapCheckTest, DetectsFreeBlockOutsideThePool) {
 }
 
 TEST_F(HeapCheckTest, DetectsFreeBlockOffABlockBoundary) {
+    GilScope gil;
     pm_pool *pool = UsedPool(7);
     pm_block *first = pool->free;
     pm_block *saved = first->next;
@@ -216,6 +225,7 @@ TEST_F(HeapCheckTest, DetectsFreeBlockOffABlockBoundary) {
 }
 
 TEST_F(HeapCheckTest, DetectsFreeBlockInThePoolHeader) {
+    GilScope gil;
     pm_pool *pool = UsedPool(7);
     pm_block *first = pool->free;
     pm_block *saved = first->next;
@@ -225,6 +235,7 @@ TEST_F(HeapCheckTest, DetectsFreeBlockInThePoolHeader) {
 }
 
 TEST_F(HeapCheckTest, DetectsFreeBlockBeyondTheCarveOffset) {
+    GilScope gil;
     pm_pool *pool = UsedPool(7);
     pm_block *tail = FreeListTail(pool);
     // Class 7 (128 bytes) leaves a 16-byte tail, so the carve offset is inside the pool
@@ -236,6 +247,7 @@ TEST_F(HeapCheckTest, DetectsFreeBlockBeyondTheCarveOffset) {
 }
 
 TEST_F(HeapCheckTest, DetectsACycleInAFreeList) {
+    GilScope gil;
     pm_pool *pool = UsedPool(7);
     pm_block *tail = FreeListTail(pool);
     tail->next = pool->free;
@@ -244,6 +256,7 @@ TEST_F(HeapCheckTest, DetectsACycleInAFreeList) {
 }
 
 TEST_F(HeapCheckTest, DetectsADoubleFree) {
+    GilScope gil;
     pm_pool *pool = UsedPool(7);
     void *victim = blocks_.back();  // still allocated, in `pool`
     ASSERT_EQ(pm_pool_of(victim), pool);
@@ -259,6 +272,7 @@ TEST_F(HeapCheckTest, DetectsADoubleFree) {
 // ---- pool-header damage ---------------------------------------------------------------
 
 TEST_F(HeapCheckTest, DetectsUsedCountThatDoesNotAddUp) {
+    GilScope gil;
     pm_pool *pool = UsedPool(7);
     pool->used_state++;
     EXPECT_TRUE(ReportsProblem(pm_heap_check(), "blocks in use +"));
@@ -267,6 +281,7 @@ TEST_F(HeapCheckTest, DetectsUsedCountThatDoesNotAddUp) {
 }
 
 TEST_F(HeapCheckTest, DetectsUsedCountOverCapacity) {
+    GilScope gil;
     pm_pool *pool = UsedPool(7);
     uint32_t saved = pool->used_state;
     pool->used_state = pm_class_capacity(7) + 1;
@@ -275,6 +290,7 @@ TEST_F(HeapCheckTest, DetectsUsedCountOverCapacity) {
 }
 
 TEST_F(HeapCheckTest, DetectsInvalidSizeClass) {
+    GilScope gil;
     pm_pool *pool = UsedPool(7);
     pool->size_class = 40;
     EXPECT_TRUE(ReportsProblem(pm_heap_check(), "invalid size class 40"));
@@ -282,6 +298,7 @@ TEST_F(HeapCheckTest, DetectsInvalidSizeClass) {
 }
 
 TEST_F(HeapCheckTest, DetectsWrongArenaPointer) {
+    GilScope gil;
     pm_pool *pool = UsedPool(7);
     pm_arena *saved = pool->arena;
     pool->arena = nullptr;
@@ -290,6 +307,7 @@ TEST_F(HeapCheckTest, DetectsWrongArenaPointer) {
 }
 
 TEST_F(HeapCheckTest, DetectsCarveOffsetOffABlockBoundary) {
+    GilScope gil;
     pm_pool *pool = UsedPool(7);
     pool->carve_offset += 8;
     EXPECT_TRUE(ReportsProblem(pm_heap_check(), "carve offset"));
@@ -297,6 +315,7 @@ TEST_F(HeapCheckTest, DetectsCarveOffsetOffABlockBoundary) {
 }
 
 TEST_F(HeapCheckTest, DetectsEmptyFreeListInAPoolThatIsNotFull) {
+    GilScope gil;
     // A fresh class-29 pool has blocks never carved. Hiding its free list and counting those
     // blocks as in use keeps the totals right, so only the "free == NULL iff full" rule
     // catches it.
@@ -314,6 +333,7 @@ TEST_F(HeapCheckTest, DetectsEmptyFreeListInAPoolThatIsNotFull) {
 }
 
 TEST_F(HeapCheckTest, DetectsAFullPoolWithoutItsFullFlag) {
+    GilScope gil;
     // free's fast path relies on the flag to notice a block coming back to a full pool.
     size_t capacity = pm_class_capacity(pm_size_class(400));
     std::vector<void *> blocks;
@@ -331,6 +351,7 @@ TEST_F(HeapCheckTest, DetectsAFullPoolWithoutItsFullFlag) {
 }
 
 TEST_F(HeapCheckTest, DetectsAClasslessPoolThatHasBeenUsed) {
+    GilScope gil;
     // An empty pool keeps its class and free list on its arena's free-pool list; claiming it
     // was never given a class contradicts the free list it still has.
     pm_set_arena_reserve(64 * PM_ARENA_SIZE);
@@ -347,6 +368,7 @@ TEST_F(HeapCheckTest, DetectsAClasslessPoolThatHasBeenUsed) {
 }
 
 TEST_F(HeapCheckTest, DetectsAnOwnerThatIsNotAHeap) {
+    GilScope gil;
     pm_pool *pool = UsedPool(7);
     pm_heap *saved = pool->owner;
     pool->owner = nullptr;
@@ -357,6 +379,7 @@ TEST_F(HeapCheckTest, DetectsAnOwnerThatIsNotAHeap) {
 // ---- used-list damage -----------------------------------------------------------------
 
 TEST_F(HeapCheckTest, DetectsAUsedPoolMissingFromItsList) {
+    GilScope gil;
     pm_pool *pool = UsedPool(9);
     ASSERT_EQ(pm_main_heap.used[9], pool);
     pm_main_heap.used[9] = &pm_no_pool;
@@ -366,6 +389,7 @@ TEST_F(HeapCheckTest, DetectsAUsedPoolMissingFromItsList) {
 }
 
 TEST_F(HeapCheckTest, DetectsANullListHead) {
+    GilScope gil;
     pm_pool *pool = UsedPool(9);
     pm_main_heap.used[9] = nullptr;
     EXPECT_TRUE(ReportsProblem(pm_heap_check(), "class 9: used-list head is NULL"));
@@ -373,6 +397,7 @@ TEST_F(HeapCheckTest, DetectsANullListHead) {
 }
 
 TEST_F(HeapCheckTest, DetectsABrokenPrevLink) {
+    GilScope gil;
     pm_pool *pool = UsedPool(9);
     ASSERT_EQ(pool->prev, nullptr);
     pool->prev = pool;
@@ -381,6 +406,7 @@ TEST_F(HeapCheckTest, DetectsABrokenPrevLink) {
 }
 
 TEST_F(HeapCheckTest, DetectsACycleInAUsedList) {
+    GilScope gil;
     pm_pool *pool = UsedPool(9);
     ASSERT_EQ(pool->next, nullptr) << "expected the only used pool of class 9";
     pool->next = pool;
@@ -389,6 +415,7 @@ TEST_F(HeapCheckTest, DetectsACycleInAUsedList) {
 }
 
 TEST_F(HeapCheckTest, DetectsAForeignPointerInAUsedList) {
+    GilScope gil;
     pm_pool *pool = UsedPool(9);
     alignas(64) static pm_pool impostor;
     pool->next = &impostor;
@@ -399,6 +426,7 @@ TEST_F(HeapCheckTest, DetectsAForeignPointerInAUsedList) {
 // The address fingerprint: a never-carved pool whose header is forged to look like the used
 // pool it replaces on the list passes every per-pool test and the count.
 TEST_F(HeapCheckTest, DetectsAnImpostorPoolOnAUsedList) {
+    GilScope gil;
     pm_pool *pool = UsedPool(9);
     auto find_uncarved = [] {
         pm_pool *found = nullptr;
@@ -434,6 +462,7 @@ TEST_F(HeapCheckTest, DetectsAnImpostorPoolOnAUsedList) {
 }
 
 TEST_F(HeapCheckTest, DetectsAPoolOfAnotherClassInAUsedList) {
+    GilScope gil;
     pm_pool *pool = UsedPool(9);
     pm_pool *other = UsedPool(7);
     pm_pool *saved = pm_main_heap.used[9];
@@ -445,6 +474,7 @@ TEST_F(HeapCheckTest, DetectsAPoolOfAnotherClassInAUsedList) {
 }
 
 TEST_F(HeapCheckTest, DetectsAFullPoolOnAUsedList) {
+    GilScope gil;
     // Two full pools of class 31 and a used one; make a full one the list head.
     const uint32_t capacity = pm_class_capacity(31);
     for (uint32_t i = 0; i < 2 * capacity + 5; i++) Alloc(512);
@@ -462,6 +492,7 @@ TEST_F(HeapCheckTest, DetectsAFullPoolOnAUsedList) {
 }
 
 TEST_F(HeapCheckTest, DetectsAnEmptyPoolOnAUsedList) {
+    GilScope gil;
     pm_set_arena_reserve(64 * PM_ARENA_SIZE);
     const uint32_t capacity = pm_class_capacity(31);
     for (uint32_t i = 0; i < capacity + 5; i++) Alloc(512);
@@ -487,6 +518,7 @@ TEST_F(HeapCheckTest, DetectsAnEmptyPoolOnAUsedList) {
 }
 
 TEST_F(HeapCheckTest, DetectsAWrittenEmptyListHead) {
+    GilScope gil;
     pm_block fake{};
     pm_no_pool.free = &fake;  // every empty class would now "allocate" this: allocate nothing
     EXPECT_TRUE(ReportsProblem(pm_heap_check(), "pm_no_pool"));
@@ -494,6 +526,7 @@ TEST_F(HeapCheckTest, DetectsAWrittenEmptyListHead) {
 }
 
 TEST_F(HeapCheckTest, DetectsAPoolOnTheBypassHeap) {
+    GilScope gil;
     pm_pool *pool = UsedPool(9);
     pm_bypass_heap.used[9] = pool;  // the fast path would now serve a hooked domain itself
     EXPECT_TRUE(ReportsProblem(pm_heap_check(), "class 9: the bypass heap's used list holds"));
@@ -503,6 +536,7 @@ TEST_F(HeapCheckTest, DetectsAPoolOnTheBypassHeap) {
 // ---- arena damage (reported by the arena layer, first) ---------------------------------
 
 TEST_F(HeapCheckTest, ReportsArenaLayerProblemsFirst) {
+    GilScope gil;
     pm_pool *pool = UsedPool(7);
     pm_arena *arena = pool->arena;
     uint32_t saved = arena->free_count;
@@ -513,6 +547,7 @@ TEST_F(HeapCheckTest, ReportsArenaLayerProblemsFirst) {
 }
 
 TEST_F(HeapCheckTest, DetectsAnArenaPoolCountThatDoesNotFit) {
+    GilScope gil;
     pm_pool *pool = UsedPool(7);
     pm_arena *arena = pool->arena;
     uint32_t saved = arena->total_pools;
@@ -523,20 +558,29 @@ TEST_F(HeapCheckTest, DetectsAnArenaPoolCountThatDoesNotFit) {
 }
 
 TEST_F(HeapCheckTest, ReportBufferIsPerThread) {
-    pm_pool *pool = UsedPool(7);
-    pool->used_state++;
-    const char *mine = pm_heap_check();
-    ASSERT_NE(mine, nullptr);
-    std::string copy = mine;
+    pm_pool *pool;
+    const char *mine;
+    std::string copy;
+    {
+        GilScope gil;
+        pool = UsedPool(7);
+        pool->used_state++;
+        mine = pm_heap_check();
+        ASSERT_NE(mine, nullptr);
+        copy = mine;
+    }
     // Another thread (after this one, never at the same time: the GIL's rule) gets its own
-    // buffer, and leaves this thread's report alone.
+    // buffer, and leaves this thread's report alone. This thread has released the GIL so
+    // that the other can take it while this one waits in join().
     const char *theirs = nullptr;
     std::string their_copy;
     std::thread other([&] {
+        GilScope gil;
         theirs = pm_heap_check();
         if (theirs != nullptr) their_copy = theirs;
     });
     other.join();
+    GilScope gil;
     pool->used_state--;
     EXPECT_NE(theirs, mine);
     EXPECT_EQ(their_copy, copy);

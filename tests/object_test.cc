@@ -7,8 +7,9 @@
 // must never reach the C library (ASan would abort on them) are refused by the hook itself,
 // after being recorded, so the tests can still see that they were asked for.
 //
-// The object domain is called without a GIL: nothing here runs concurrently. Each test
-// ends on "default" with no hook installed.
+// The object family and configuration require the GIL: each test holds it for its whole
+// body (GilScope), as do SetUp and TearDown. Each test ends on "default" with no hook
+// installed.
 
 #include <errno.h>
 #include <stddef.h>
@@ -19,6 +20,7 @@
 
 #include "alloc/pymalloc_mt.h"
 #include "gtest/gtest.h"
+#include "tests/support/gil_scope.h"
 
 namespace {
 
@@ -80,11 +82,13 @@ class RecordingHook {
 class ObjectTest : public testing::Test {
   protected:
     void SetUp() override {
+        GilScope gil;
         ASSERT_EQ(0, pm_setup_allocators("default")) << "errno " << errno;
         mem_.Install(PM_DOMAIN_MEM);
         obj_.Install(PM_DOMAIN_OBJ);
     }
     void TearDown() override {
+        GilScope gil;
         obj_.Uninstall();
         EXPECT_EQ(0, mem_.allocations + mem_.frees) << "objects must not use the mem domain";
         mem_.Uninstall();
@@ -92,7 +96,7 @@ class ObjectTest : public testing::Test {
     }
 
     // Expects NULL with `error` and no call to the object domain's allocator.
-    void ExpectRefusedVar(const pm_type *type, size_t nitems, int error) {
+    void ExpectRefusedVar(const pm_type *type, size_t nitems, int error) PM_GIL_REQUIRED {
         int before = obj_.allocations;
         errno = 0;
         EXPECT_EQ(nullptr, pm_object_new_var(type, nitems));
@@ -121,6 +125,7 @@ const pm_type kPointType = {"point", sizeof(PointObject), 0};
 // ---- pm_object_new ----------------------------------------------------------------------
 
 TEST_F(ObjectTest, NewSetsHeaderAndTakesBasicsizeFromObjectDomain) {
+    GilScope gil;
     pm_object *op = pm_object_new(&kPointType);
     ASSERT_NE(nullptr, op);
     EXPECT_EQ(1, obj_.allocations);
@@ -136,6 +141,7 @@ TEST_F(ObjectTest, NewSetsHeaderAndTakesBasicsizeFromObjectDomain) {
 }
 
 TEST_F(ObjectTest, NewDoesNotRoundBasicsize) {
+    GilScope gil;
     // CPython's _PyObject_SIZE is tp_basicsize exactly.
     const pm_type odd = {"odd", sizeof(pm_object) + 5, 0};
     pm_object *op = pm_object_new(&odd);
@@ -146,6 +152,7 @@ TEST_F(ObjectTest, NewDoesNotRoundBasicsize) {
 }
 
 TEST_F(ObjectTest, NewRefusesNullTypeAndTooSmallBasicsize) {
+    GilScope gil;
     errno = 0;
     EXPECT_EQ(nullptr, pm_object_new(nullptr));
     EXPECT_EQ(EINVAL, errno);
@@ -157,6 +164,7 @@ TEST_F(ObjectTest, NewRefusesNullTypeAndTooSmallBasicsize) {
 }
 
 TEST_F(ObjectTest, NewAbovePtrdiffMaxIsRefusedWithoutCall) {
+    GilScope gil;
     const pm_type huge = {"huge", kPtrdiffMax + 1, 0};
     errno = 0;
     EXPECT_EQ(nullptr, pm_object_new(&huge));
@@ -171,6 +179,7 @@ TEST_F(ObjectTest, NewAbovePtrdiffMaxIsRefusedWithoutCall) {
 }
 
 TEST_F(ObjectTest, NewAllocatorFailureIsEnomem) {
+    GilScope gil;
     obj_.fail_all = true;
     errno = 0;
     EXPECT_EQ(nullptr, pm_object_new(&kPointType));
@@ -186,6 +195,7 @@ TEST_F(ObjectTest, NewAllocatorFailureIsEnomem) {
 // ---- pm_object_new_var ------------------------------------------------------------------
 
 TEST_F(ObjectTest, NewVarSetsHeaderAndSize) {
+    GilScope gil;
     const pm_type bytes = {"bytes", offsetof(BytesObject, items), 1};
     pm_var_object *op = pm_object_new_var(&bytes, 11);
     ASSERT_NE(nullptr, op);
@@ -200,6 +210,7 @@ TEST_F(ObjectTest, NewVarSetsHeaderAndSize) {
 }
 
 TEST_F(ObjectTest, NewVarSizeIsRoundedToPointerSize) {
+    GilScope gil;
     static_assert(sizeof(void *) == 8, "the expected sizes below assume 64-bit pointers");
     struct Case {
         size_t basicsize, itemsize, nitems, expected;
@@ -226,12 +237,14 @@ TEST_F(ObjectTest, NewVarSizeIsRoundedToPointerSize) {
 }
 
 TEST_F(ObjectTest, NewVarRefusesNullTypeAndTooSmallBasicsize) {
+    GilScope gil;
     ExpectRefusedVar(nullptr, 1, EINVAL);
     const pm_type fixed_header = {"short", sizeof(pm_object), 8};  // no room for ob_size
     ExpectRefusedVar(&fixed_header, 1, EINVAL);
 }
 
 TEST_F(ObjectTest, NewVarOverflowsAreRefusedWithoutCall) {
+    GilScope gil;
     const size_t header = sizeof(pm_var_object);  // 24
     // nitems that ob_size (a ptrdiff_t) cannot hold, even when it costs no bytes.
     const pm_type no_items = {"v", header, 0};
@@ -255,6 +268,7 @@ TEST_F(ObjectTest, NewVarOverflowsAreRefusedWithoutCall) {
 }
 
 TEST_F(ObjectTest, NewVarLargestSizeReachesTheAllocator) {
+    GilScope gil;
     // 24 + (PTRDIFF_MAX - 31) = PTRDIFF_MAX - 7 = 2^63 - 8, already a multiple of 8: the
     // largest size allowed. It must reach the allocator (which refuses it here).
     const pm_type one = {"v", sizeof(pm_var_object), 1};
@@ -268,11 +282,13 @@ TEST_F(ObjectTest, NewVarLargestSizeReachesTheAllocator) {
 // ---- pm_object_del, and the domain's allocator is whatever is installed -------------------
 
 TEST_F(ObjectTest, DelOfNullDoesNothing) {
+    GilScope gil;
     pm_object_del(nullptr);
     EXPECT_EQ(0, obj_.allocations);
 }
 
 TEST_F(ObjectTest, ObjectsFollowTheObjectDomainUnderMalloc) {
+    GilScope gil;
     obj_.Uninstall();
     ASSERT_EQ(0, pm_setup_allocators("malloc"));
     obj_.Install(PM_DOMAIN_OBJ);  // now wrapping the C library's allocator
@@ -290,6 +306,7 @@ TEST_F(ObjectTest, ObjectsFollowTheObjectDomainUnderMalloc) {
 }
 
 TEST_F(ObjectTest, ManyObjectsComeFromPymallocByDefault) {
+    GilScope gil;
     size_t blocks = pm_allocated_blocks();
     std::vector<pm_var_object *> objects;
     const pm_type bytes = {"bytes", sizeof(pm_var_object), 1};

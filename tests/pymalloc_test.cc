@@ -2,7 +2,8 @@
 // realloc's in-place and moving paths, ownership of foreign pointers, arena release and
 // reserve, and injected arena-allocator failure. Every test ends with a heap check.
 //
-// The GIL arrives with a later issue; these tests call mem and object from one thread.
+// The mem and object domains and pymalloc's state functions require the GIL: each test
+// holds it for its whole body (GilScope), as do SetUp and TearDown; all on one thread.
 
 #include <sys/mman.h>
 
@@ -15,6 +16,7 @@
 #include "alloc/internal/pymalloc.h"
 #include "alloc/pymalloc_mt.h"
 #include "gtest/gtest.h"
+#include "tests/support/gil_scope.h"
 
 namespace {
 
@@ -39,21 +41,23 @@ struct ArenaSpy {
         self->frees++;
         self->saved.free(self->saved.ctx, ptr, size);
     }
-    void Install() {
+    void Install() PM_GIL_REQUIRED {
         ASSERT_EQ(pm_get_arena_allocator(&saved), 0);
         pm_arena_allocator spy{this, Alloc, Free};
         ASSERT_EQ(pm_set_arena_allocator(&spy), 0);
     }
-    void Uninstall() { ASSERT_EQ(pm_set_arena_allocator(&saved), 0); }
+    void Uninstall() PM_GIL_REQUIRED { ASSERT_EQ(pm_set_arena_allocator(&saved), 0); }
 };
 
 class PymallocTest : public ::testing::Test {
   protected:
     void SetUp() override {
+        GilScope gil;
         saved_reserve_ = pm_get_arena_reserve();
         blocks_at_start_ = pm_allocated_blocks();
     }
     void TearDown() override {
+        GilScope gil;
         EXPECT_EQ(pm_heap_check(), nullptr);
         EXPECT_EQ(pm_allocated_blocks(), blocks_at_start_) << "a test leaked blocks";
         pm_set_arena_reserve(saved_reserve_);
@@ -69,6 +73,7 @@ uint64_t RawMallocs() {
 }
 
 TEST_F(PymallocTest, SizeClassBoundariesDecideWhoServes) {
+    GilScope gil;
     struct Case {
         size_t size;
         bool pymalloc;
@@ -97,6 +102,7 @@ TEST_F(PymallocTest, ClassIndexAndBlockSize) {
 }
 
 TEST_F(PymallocTest, ZeroBytesGivesDistinctPointersInBothDomains) {
+    GilScope gil;
     void *a = pm_mem_malloc(0), *b = pm_mem_malloc(0), *c = pm_obj_malloc(0), *d = pm_obj_calloc(0, 8);
     ASSERT_TRUE(a && b && c && d);
     EXPECT_EQ(std::set<void *>({a, b, c, d}).size(), 4u);
@@ -107,6 +113,7 @@ TEST_F(PymallocTest, ZeroBytesGivesDistinctPointersInBothDomains) {
 }
 
 TEST_F(PymallocTest, EveryBlockHoldsItsWholeClassWithoutTouchingNeighbours) {
+    GilScope gil;
     for (size_t size = 1; size <= PM_SMALL_REQUEST_THRESHOLD; size += 7) {
         std::vector<unsigned char *> blocks;
         for (int i = 0; i < 40; i++) {
@@ -124,6 +131,7 @@ TEST_F(PymallocTest, EveryBlockHoldsItsWholeClassWithoutTouchingNeighbours) {
 }
 
 TEST_F(PymallocTest, CallocZeroesRecycledBlocks) {
+    GilScope gil;
     auto *p = static_cast<unsigned char *>(pm_obj_malloc(200));
     memset(p, 0xAB, 200);
     pm_obj_free(p);
@@ -139,6 +147,7 @@ TEST_F(PymallocTest, CallocZeroesRecycledBlocks) {
 }
 
 TEST_F(PymallocTest, ReallocStaysInPlaceWhenShrinkingByLessThanAQuarter) {
+    GilScope gil;
     void *p = pm_obj_malloc(64);
     memset(p, 7, 64);
     EXPECT_EQ(pm_obj_realloc(p, 64), p);
@@ -152,6 +161,7 @@ TEST_F(PymallocTest, ReallocStaysInPlaceWhenShrinkingByLessThanAQuarter) {
 }
 
 TEST_F(PymallocTest, ReallocMovesAcrossClassesAndIntoAndOutOfRaw) {
+    GilScope gil;
     auto *p = static_cast<unsigned char *>(pm_mem_malloc(30));
     for (int i = 0; i < 30; i++) p[i] = (unsigned char)i;
     auto *q = static_cast<unsigned char *>(pm_mem_realloc(p, 300));  // grows to another class
@@ -170,6 +180,7 @@ TEST_F(PymallocTest, ReallocMovesAcrossClassesAndIntoAndOutOfRaw) {
 }
 
 TEST_F(PymallocTest, ReallocToZeroResizesAndNeverFrees) {
+    GilScope gil;
     void *p = pm_obj_malloc(100);
     void *q = pm_obj_realloc(p, 0);
     ASSERT_NE(q, nullptr);
@@ -181,6 +192,7 @@ TEST_F(PymallocTest, ReallocToZeroResizesAndNeverFrees) {
 }
 
 TEST_F(PymallocTest, OwnershipIsExactForForeignPointers) {
+    GilScope gil;
     int on_stack = 0;
     EXPECT_FALSE(pm_pymalloc_owns(&on_stack));
     EXPECT_FALSE(pm_pymalloc_owns(nullptr));
@@ -208,6 +220,7 @@ TEST_F(PymallocTest, OwnershipIsExactForForeignPointers) {
 }
 
 TEST_F(PymallocTest, OwnershipCoversEveryPoolByteAndNothingAroundIt) {
+    GilScope gil;
     void *p = pm_obj_malloc(32);
     const pm_arena *arena = pm_pool_of(p)->arena;
     auto lo = reinterpret_cast<uintptr_t>(arena->first_pool);
@@ -221,6 +234,7 @@ TEST_F(PymallocTest, OwnershipCoversEveryPoolByteAndNothingAroundIt) {
 }
 
 TEST_F(PymallocTest, UnalignedArenasWorkAndLoseOnlyTheirPartialPool) {
+    GilScope gil;
     // An arena allocator whose memory starts 64 bytes past an arena boundary, as malloc'd
     // memory might: the first partial pool is skipped.
     struct Unaligned {
@@ -259,6 +273,7 @@ TEST_F(PymallocTest, UnalignedArenasWorkAndLoseOnlyTheirPartialPool) {
 }
 
 TEST_F(PymallocTest, FreedArenasGoBackToTheOsBeyondTheReserve) {
+    GilScope gil;
     pm_set_arena_reserve(0);
     ArenaSpy spy;
     spy.Install();
@@ -277,6 +292,7 @@ TEST_F(PymallocTest, FreedArenasGoBackToTheOsBeyondTheReserve) {
 }
 
 TEST_F(PymallocTest, TheReserveKeepsABoundedNumberOfFreeArenasMapped) {
+    GilScope gil;
     pm_set_arena_reserve(2 * pm_arena_size());
     ArenaSpy spy;
     spy.Install();
@@ -298,6 +314,7 @@ TEST_F(PymallocTest, TheReserveKeepsABoundedNumberOfFreeArenasMapped) {
 }
 
 TEST_F(PymallocTest, AFailingArenaAllocatorGivesNullAndLosesNothing) {
+    GilScope gil;
     pm_set_arena_reserve(0);
     ArenaSpy spy;
     spy.Install();
@@ -328,6 +345,7 @@ TEST_F(PymallocTest, AFailingArenaAllocatorGivesNullAndLosesNothing) {
 }
 
 TEST_F(PymallocTest, PoolsComeFromTheBusiestArena) {
+    GilScope gil;
     pm_set_arena_reserve(0);
     size_t per_pool = pm_class_capacity(pm_size_class(256));
     // Two arenas' worth, then empty most of the first arena's pools.
@@ -359,6 +377,7 @@ TEST_F(PymallocTest, PoolsComeFromTheBusiestArena) {
 }
 
 TEST_F(PymallocTest, AFullPoolReturnsToTheFrontOfItsList) {
+    GilScope gil;
     size_t capacity = pm_class_capacity(pm_size_class(400));
     std::vector<void *> blocks;
     for (size_t i = 0; i < capacity + 1; i++) blocks.push_back(pm_obj_malloc(400));
@@ -376,6 +395,7 @@ TEST_F(PymallocTest, AFullPoolReturnsToTheFrontOfItsList) {
 }
 
 TEST_F(PymallocTest, RandomChurnKeepsTheHeapConsistent) {
+    GilScope gil;
     std::mt19937 rng(7);
     std::vector<std::pair<unsigned char *, size_t>> live;
     for (int step = 0; step < 200000; step++) {

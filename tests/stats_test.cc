@@ -4,7 +4,8 @@
 // JSON form with snprintf semantics, and the PYTHONMALLOCSTATS hook on new arenas.
 //
 // The report is parsed back, not compared with a golden file: the numbers depend on what
-// ran before, the structure does not. The GIL arrives later; everything runs on one thread.
+// ran before, the structure does not. The statistics and the domains require the GIL: each
+// test holds it for its whole body (GilScope), as do SetUp and TearDown; one thread.
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,12 +24,13 @@
 #include "alloc/internal/pymalloc.h"
 #include "alloc/pymalloc_mt.h"
 #include "gtest/gtest.h"
+#include "tests/support/gil_scope.h"
 
 namespace {
 
 // ---- the text report, parsed ----------------------------------------------------------
 
-std::string PrintStats() {
+std::string PrintStats() PM_GIL_REQUIRED {
     char *text = nullptr;
     size_t length = 0;
     FILE *out = open_memstream(&text, &length);
@@ -226,7 +228,7 @@ const std::vector<std::string> kLayout = {
     return ::testing::AssertionSuccess();
 }
 
-Report CurrentReport() {
+Report CurrentReport() PM_GIL_REQUIRED {
     Report report;
     std::string text = PrintStats();
     EXPECT_TRUE(ParseReport(text, &report)) << text;
@@ -243,7 +245,7 @@ ClassRow RowOf(const Report &report, unsigned size_class) {
 }
 
 // Every identity the numbers must satisfy, whatever the heap holds.
-void ExpectReportCloses(const Report &r) {
+void ExpectReportCloses(const Report &r) PM_GIL_REQUIRED {
     const auto &p = r.pool_section;
     size_t arenas = p.at("# arenas allocated current");
     EXPECT_EQ(r.arenas_in_label, arenas);
@@ -437,7 +439,7 @@ class JsonReader {
     size_t pos_ = 0;
 };
 
-std::string StatsJson() {
+std::string StatsJson() PM_GIL_REQUIRED {
     size_t n = pm_stats_json(nullptr, 0);
     EXPECT_GT(n, 0u);
     std::string text(n + 1, '\0');
@@ -452,24 +454,26 @@ std::string StatsJson() {
 class StatsTest : public ::testing::Test {
   protected:
     void SetUp() override {
+        GilScope gil;
         saved_reserve_ = pm_get_arena_reserve();
         blocks_at_start_ = pm_allocated_blocks();
     }
     void TearDown() override {
+        GilScope gil;
         for (void *p : blocks_) pm_obj_free(p);
         blocks_.clear();
         pm_set_arena_reserve(saved_reserve_);
         EXPECT_EQ(pm_heap_check(), nullptr);
         EXPECT_EQ(pm_allocated_blocks(), blocks_at_start_) << "a test leaked blocks";
     }
-    void *Alloc(size_t n) {
+    void *Alloc(size_t n) PM_GIL_REQUIRED {
         void *p = pm_obj_malloc(n);
         EXPECT_NE(p, nullptr) << n;
         if (p != nullptr) blocks_.push_back(p);
         return p;
     }
     // A mixed workload over several arenas: every class, some raw-fallback blocks, and holes.
-    void MixedWorkload(size_t count) {
+    void MixedWorkload(size_t count) PM_GIL_REQUIRED {
         std::mt19937 rng(12345);
         std::uniform_int_distribution<size_t> size(0, 600);
         for (size_t i = 0; i < count; i++) Alloc(size(rng));
@@ -492,11 +496,13 @@ class StatsTest : public ::testing::Test {
 // ---- layout ---------------------------------------------------------------------------
 
 TEST_F(StatsTest, LayoutIsCPythonsLineForLine) {
+    GilScope gil;
     Report report = CurrentReport();
     ExpectReportCloses(report);
 }
 
 TEST_F(StatsTest, LayoutHoldsOverSeveralArenas) {
+    GilScope gil;
     MixedWorkload(6000);  // ~1.5 MiB of blocks: several 256 KiB arenas
     Report report = CurrentReport();
     ExpectReportCloses(report);
@@ -506,6 +512,7 @@ TEST_F(StatsTest, LayoutHoldsOverSeveralArenas) {
 }
 
 TEST_F(StatsTest, ValueLinesUseThousandsSeparators) {
+    GilScope gil;
     MixedWorkload(6000);
     std::string text = PrintStats();
     // Byte totals of a few arenas are in the millions: "1,048,576"-style values appear.
@@ -522,6 +529,7 @@ TEST_F(StatsTest, ValueLinesUseThousandsSeparators) {
 // ---- the numbers follow the allocations ------------------------------------------------
 
 TEST_F(StatsTest, ClassRowCountsWhatWasAllocated) {
+    GilScope gil;
     constexpr unsigned kClass = 3;  // 64-byte blocks
     constexpr size_t kBlocks = 1000;
     const size_t capacity = pm_class_capacity(kClass);
@@ -545,6 +553,7 @@ TEST_F(StatsTest, ClassRowCountsWhatWasAllocated) {
 }
 
 TEST_F(StatsTest, AllocatedBlocksCountsPoolAndRawBlocks) {
+    GilScope gil;
     size_t start = pm_allocated_blocks();
     size_t raw_start = pm_counters.raw_allocated_blocks;
     void *small = Alloc(100);
@@ -564,6 +573,7 @@ TEST_F(StatsTest, AllocatedBlocksCountsPoolAndRawBlocks) {
 }
 
 TEST_F(StatsTest, ReserveArenasAreCountedAndReported) {
+    GilScope gil;
     pm_set_arena_reserve(4 * PM_ARENA_SIZE);
     // Enough 512-byte blocks to fill more than one arena, then free them all: the arenas that
     // empty go to the reserve (up to its limit).
@@ -587,6 +597,7 @@ TEST_F(StatsTest, ReserveArenasAreCountedAndReported) {
 // ---- JSON -----------------------------------------------------------------------------
 
 TEST_F(StatsTest, JsonParsesAndAgreesWithTheReport) {
+    GilScope gil;
     MixedWorkload(3000);
     std::string text = StatsJson();
     Report report = CurrentReport();  // nothing allocates from pymalloc in between
@@ -649,6 +660,7 @@ TEST_F(StatsTest, JsonParsesAndAgreesWithTheReport) {
 }
 
 TEST_F(StatsTest, JsonHasSnprintfSemantics) {
+    GilScope gil;
     MixedWorkload(500);
     std::string full = StatsJson();
     const size_t n = full.size();
@@ -688,6 +700,7 @@ TEST_F(StatsTest, JsonHasSnprintfSemantics) {
 // ---- PYTHONMALLOCSTATS: a report before each new arena ---------------------------------
 
 TEST_F(StatsTest, PrintsBeforeEachNewArenaWhenAsked) {
+    GilScope gil;
     pm_set_arena_reserve(0);  // no reserve arena may stand in for a new one
     size_t total_before = pm_counters.arenas_allocated_total;
 
@@ -725,6 +738,7 @@ TEST_F(StatsTest, PrintsBeforeEachNewArenaWhenAsked) {
 }
 
 TEST(StatsExactLineTest, ArenaMapRootLine) {
+    GilScope gil;
     // One line checked byte for byte against an independent rendering.
     std::string text = PrintStats();
     char want[64];

@@ -230,6 +230,7 @@ void pm_arena_for_each(void (*fn)(const pm_arena *arena, void *arg), void *arg);
 /* Checks the arena lists, buckets and map; NULL when consistent. */
 const char *pm_arena_check(char *buf, size_t size);
 size_t pm_arena_reserve_count(void);
+size_t pm_arena_reserve_limit(void);
 
 /* ---- pymalloc (alloc/pymalloc.c) ----------------------------------------------------- */
 
@@ -270,6 +271,10 @@ void *pm_pymalloc_realloc(void *ctx, void *p, size_t nbytes);
 /* Statistics hook: prints the stats when PYTHONMALLOCSTATS asked for it (alloc/stats.c). */
 extern int pm_stats_on_new_arena;
 void pm_stats_print_on_new_arena(void);
+/* pm_print_stats() for the two callers that run under the GIL but cannot show it to the
+ * thread-safety analysis: the new-arena report above (deep inside malloc's slow path) and the
+ * report at exit. */
+void pm_stats_print_unchecked(FILE *out);
 
 /* malloc's fast path: pop the first free block of the class's first used pool. The only
  * test that leaves it is "no free block", which also covers an empty list (&pm_no_pool), the

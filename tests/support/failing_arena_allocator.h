@@ -73,12 +73,12 @@ typedef struct pm_failing_arena_counts {
 /* Initialises *f (policy: never fail, counters zero), saves the installed arena allocator
  * and installs *f in its place. Returns 0, or -1 with errno set by
  * pm_get_arena_allocator/pm_set_arena_allocator (and nothing installed). */
-int pm_failing_arena_allocator_install(pm_failing_arena_allocator *f);
+int pm_failing_arena_allocator_install(pm_failing_arena_allocator *f) PM_GIL_REQUIRED;
 
 /* Reinstalls the saved arena allocator (arenas *f made are still freed through *f: see
  * "Lifetime"). Returns 0; or -1 with errno = EINVAL if *f is not installed, or EBUSY if
  * another arena allocator was installed on top of it (unwind that one first). */
-int pm_failing_arena_allocator_uninstall(pm_failing_arena_allocator *f);
+int pm_failing_arena_allocator_uninstall(pm_failing_arena_allocator *f) PM_GIL_REQUIRED;
 
 pm_failing_arena_counts pm_failing_arena_allocator_counts(const pm_failing_arena_allocator *f);
 

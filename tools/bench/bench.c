@@ -8,8 +8,10 @@
  * measures. The allocators:
  *
  *   pymalloc-mt  pm_obj_malloc / pm_obj_realloc / pm_obj_free: the object domain with its
- *                default allocator, single thread, the caller "holding the GIL" (GIL mode:
- *                no per-thread cache). --reserve=0|inf|default|BYTES sets the arena reserve.
+ *                default allocator, single thread (GIL mode: no per-thread cache), the
+ *                caller holding the modelled GIL (gil/gil.h), taken once before each pass
+ *                and released after it: no GIL call inside a timed loop.
+ *                --reserve=0|inf|default|BYTES sets the arena reserve.
  *   cpython      PyObject_Malloc / _Realloc / _Free of Debian's libpython3.11 after
  *                Py_Initialize, the GIL held by this thread (cpython_ops.c).
  *   malloc       the C library's malloc / realloc / free: glibc, or mimalloc, jemalloc or
@@ -75,6 +77,7 @@
 #include <valgrind/callgrind.h>
 
 #include "alloc/pymalloc_mt.h"
+#include "gil/gil.h"
 
 /* ---- the no-op allocator ------------------------------------------------------------- */
 
@@ -474,6 +477,22 @@ static void run_kernel(const char *name, const run *r) {
     else if (strcmp(name, "realloc_grow") == 0) kernel_realloc_grow(r);
 }
 
+/* ---- pymalloc-mt's checks ------------------------------------------------------------ */
+
+/* Correctness alongside speed, after a real pass: everything freed, and the heap
+ * consistent. Adds the counts to the result; returns 0, or 1 after a message on stderr. */
+static int pymalloc_checks(void) PM_GIL_REQUIRED {
+    const char *problem = pm_heap_check();
+    result_integer("pm_live_blocks", (int64_t)pm_allocated_blocks());
+    size_t limit = pm_get_arena_reserve();
+    result_integer("pm_arena_reserve", limit == SIZE_MAX ? -1 : (int64_t)limit);
+    if (problem != NULL) {
+        fprintf(stderr, "bench: heap check failed: %s\n", problem);
+        return 1;
+    }
+    return 0;
+}
+
 /* ---- main ---------------------------------------------------------------------------- */
 
 /* Which malloc answers calls to malloc: LD_PRELOAD peers export their own API too. */
@@ -542,9 +561,11 @@ int main(int argc, char **argv) {
             fprintf(stderr, "bench: the object domain is not on pymalloc\n");
             return 2;
         }
+        pm_gil_acquire(); /* pm_set_arena_reserve requires the GIL */
         if (strcmp(reserve, "inf") == 0) pm_set_arena_reserve(SIZE_MAX);
         else if (strcmp(reserve, "0") == 0) pm_set_arena_reserve(0);
         else if (strcmp(reserve, "default") != 0) pm_set_arena_reserve(parse_count(reserve));
+        pm_gil_release();
         ops = (bench_ops){pm_obj_malloc, pm_obj_realloc, pm_obj_free};
         version = "pymalloc-mt";
     } else if (strcmp(allocator, "cpython") == 0) {
@@ -561,6 +582,7 @@ int main(int argc, char **argv) {
     }
     if (strcmp(reserve, "default") != 0 && strcmp(allocator, "pymalloc-mt") != 0) usage();
 
+    const bool pymalloc = strcmp(allocator, "pymalloc-mt") == 0;
     for (int pass = 0; pass < (with_loop ? 2 : 1); pass++) {
         bool loop = pass == 1;
         rng_state = seed; /* the loop pass sees exactly the same inputs */
@@ -572,17 +594,16 @@ int main(int argc, char **argv) {
         result_string("mode", loop ? "loop" : "real");
         result_string("malloc_impl", malloc_implementation());
         result_string("version", version);
-        run_kernel(k->name, &r);
-        if (!loop && strcmp(allocator, "pymalloc-mt") == 0) {
-            /* Correctness alongside speed: everything freed, and the heap consistent. */
-            const char *problem = pm_heap_check();
-            result_integer("pm_live_blocks", (int64_t)pm_allocated_blocks());
-            size_t limit = pm_get_arena_reserve();
-            result_integer("pm_arena_reserve", limit == SIZE_MAX ? -1 : (int64_t)limit);
-            if (problem != NULL) {
-                fprintf(stderr, "bench: heap check failed: %s\n", problem);
-                return 1;
-            }
+        if (pymalloc) {
+            /* The object domain requires the GIL: taken once around the whole pass (the loop
+             * pass too, so that both passes run alike), outside every timed region. */
+            pm_gil_acquire();
+            run_kernel(k->name, &r);
+            int status = loop ? 0 : pymalloc_checks();
+            pm_gil_release();
+            if (status != 0) return status;
+        } else {
+            run_kernel(k->name, &r);
         }
         result_append("}\n");
         /* Separate dump files for the real and the loop pass (no-op outside valgrind). */
