@@ -11,7 +11,9 @@
  *                default allocator, single thread (GIL mode: no per-thread cache), the
  *                caller holding the modelled GIL (gil/gil.h), taken once before each pass
  *                and released after it: no GIL call inside a timed loop.
- *                --reserve=0|inf|default|BYTES sets the arena reserve.
+ *                --reserve=0|inf|default|BYTES sets the arena reserve; --debug-hooks
+ *                installs CPython's debug hooks first (their overhead is the ratio of the
+ *                two rows).
  *   cpython      PyObject_Malloc / _Realloc / _Free of Debian's libpython3.11 after
  *                Py_Initialize, the GIL held by this thread (cpython_ops.c).
  *   malloc       the C library's malloc / realloc / free: glibc, or mimalloc, jemalloc or
@@ -507,7 +509,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: bench --allocator=pymalloc-mt|cpython|malloc|noop --kernel=NAME\n"
             "             [--iters=N] [--blocks=N] [--slots=N] [--rounds=N] [--seed=N]\n"
-            "             [--reserve=default|0|inf|BYTES] [--loop]\n"
+            "             [--reserve=default|0|inf|BYTES] [--debug-hooks] [--loop]\n"
             "kernels:");
     for (size_t i = 0; i < sizeof kernels / sizeof kernels[0]; i++) {
         fprintf(stderr, " %s", kernels[i].name);
@@ -530,6 +532,7 @@ static uint64_t parse_count(const char *text) {
 
 int main(int argc, char **argv) {
     const char *allocator = NULL, *kernel_name = NULL, *reserve = "default";
+    bool debug_hooks = false; /* pymalloc-mt under CPython's debug hooks, for their overhead */
     uint64_t iters = 0, seed = 1;
     run r = {.blocks = 1000000, .slots = 100000, .rounds = 5};
     bool with_loop = false;
@@ -544,6 +547,7 @@ int main(int argc, char **argv) {
         else if ((v = option_value(argv[i], "--seed")) != NULL) seed = parse_count(v);
         else if ((v = option_value(argv[i], "--reserve")) != NULL) reserve = v;
         else if (strcmp(argv[i], "--loop") == 0) with_loop = true;
+        else if (strcmp(argv[i], "--debug-hooks") == 0) debug_hooks = true;
         else usage();
     }
     const kernel *k = NULL;
@@ -565,9 +569,13 @@ int main(int argc, char **argv) {
         if (strcmp(reserve, "inf") == 0) pm_set_arena_reserve(SIZE_MAX);
         else if (strcmp(reserve, "0") == 0) pm_set_arena_reserve(0);
         else if (strcmp(reserve, "default") != 0) pm_set_arena_reserve(parse_count(reserve));
+        if (debug_hooks && pm_setup_debug_hooks() != 0) {
+            fprintf(stderr, "bench: cannot install the debug hooks\n");
+            return 2;
+        }
         pm_gil_release();
         ops = (bench_ops){pm_obj_malloc, pm_obj_realloc, pm_obj_free};
-        version = "pymalloc-mt";
+        version = debug_hooks ? "pymalloc-mt + debug hooks" : "pymalloc-mt";
     } else if (strcmp(allocator, "cpython") == 0) {
         if (bench_cpython_init(&ops) != 0) return 2;
         version = bench_cpython_version();
@@ -580,7 +588,9 @@ int main(int argc, char **argv) {
     } else {
         usage();
     }
-    if (strcmp(reserve, "default") != 0 && strcmp(allocator, "pymalloc-mt") != 0) usage();
+    if ((strcmp(reserve, "default") != 0 || debug_hooks) && strcmp(allocator, "pymalloc-mt") != 0) {
+        usage();
+    }
 
     const bool pymalloc = strcmp(allocator, "pymalloc-mt") == 0;
     for (int pass = 0; pass < (with_loop ? 2 : 1); pass++) {

@@ -67,9 +67,13 @@ class Row:
 
 
 PYMALLOC_MT = Row("pymalloc-mt", "pymalloc-mt", "pymalloc-mt")
+# The same domain under CPython's debug hooks (PYTHONMALLOC=pymalloc_debug): their overhead.
+PYMALLOC_MT_DEBUG = Row("pymalloc-mt-debug", "pymalloc-mt + debug hooks", "pymalloc-mt",
+                        extra=["--debug-hooks"])
 CPYTHON = Row("cpython", "CPython 3.11 pymalloc", "cpython", package="libpython3.11")
 BASE_ROWS = [
     PYMALLOC_MT,
+    PYMALLOC_MT_DEBUG,
     CPYTHON,
     Row("glibc", "glibc malloc", "malloc", impl="glibc", package="libc6"),
     Row("mimalloc", "mimalloc", "malloc", f"{LIBDIR}/libmimalloc.so.2", "mimalloc",
@@ -389,7 +393,7 @@ def main():
     parser.add_argument("--reps", type=int, help="timed repetitions (default 5, quick 2)")
     parser.add_argument("--kernels", help="comma-separated: " + ",".join(KERNEL_BY_NAME))
     parser.add_argument("--allocators",
-                        help="comma-separated: pymalloc-mt,cpython,glibc,mimalloc,jemalloc,"
+                        help="comma-separated: pymalloc-mt,pymalloc-mt-debug,cpython,glibc,mimalloc,jemalloc,"
                              "tcmalloc,loop")
     parser.add_argument("--no-callgrind", action="store_true", help="timings and RSS only")
     parser.add_argument("--pin", type=int, metavar="CPU", help="run each process on this CPU")
