@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""fuzz/make_seeds.py — writes the hand-made seed inputs of fuzz/corpus/.
+
+The seeds are tape programs spelled with the encoding documented at the top of
+fuzz/tape.c (this file mirrors it: keep the two in step), plus names for fuzz_names.
+Each seed aims at one area, so that the fuzzer starts from inputs that already reach
+it: every size class, bursts that fill whole pools and several arenas, realloc across
+the pool/raw boundary, calloc splits, objects, refused sizes, the arena reserve, the
+configuration switch, and (fuzz_failures) each failure policy on each allocator.
+Merged inputs found by the fuzzer and regression crashers live beside them; this script
+only (re)writes the files named seed-*.
+
+    fuzz/make_seeds.py            # from the repository root
+"""
+
+import os
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+
+# kinds
+MALLOC, CALLOC, REALLOC, RESIZE, FREE, REALLOC_ZERO = 0, 2, 3, 5, 6, 8
+OBJECT, REFUSED, BURST, BURST_FREE, CHECK, RESERVE, MODE = 9, 10, 11, 12, 13, 14, 15
+RAW, MEM, OBJ = 0, 1, 2
+
+BOUNDARY = [
+    0, 1, 2, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 47, 48, 49, 63, 64, 65, 96, 127, 128,
+    129, 192, 255, 256, 257, 384, 448, 480, 496, 497, 504, 511, 512, 513, 514, 520, 767,
+    768, 1000, 1023, 1024, 1025, 2048, 4095, 4096, 4097, 8191, 8192, 8193, 16384, 16385,
+    32767, 32768, 32769, 65535, 65536, 12, 20, 100, 200, 300, 400,
+]
+
+
+def code(kind, domain=0, variant=0):
+    return bytes([kind | domain << 4 | variant << 6])
+
+
+def size(n):
+    """The shortest encoding of n bytes (exact for 0..4096 and the boundary table)."""
+    if n in BOUNDARY:
+        return bytes([BOUNDARY.index(n)])
+    if 1 <= n <= 512:
+        v = n - 1
+        return bytes([0x40 | v >> 8, v & 0xFF])
+    if 513 <= n <= 4096:
+        v = n - 513
+        return bytes([0x80 | v >> 8, v & 0xFF])
+    v = (n - 4097) * 16383 // 61439  # large: approximately n
+    return bytes([0xC0 | v >> 8, v & 0xFF])
+
+
+def op(kind, domain=0, variant=0, slot=None, *args):
+    out = code(kind, domain, variant)
+    if slot is not None:
+        out += bytes([slot])
+    for a in args:
+        out += a if isinstance(a, bytes) else bytes([a])
+    return out
+
+
+def malloc(slot, n, domain=MEM):
+    return op(MALLOC, domain, 0, slot, size(n))
+
+
+def calloc(slot, n, domain=MEM, variant=0, split=None):
+    return op(CALLOC, domain, variant, slot, size(n), *([split] if split is not None else []))
+
+
+def realloc(slot, n, domain=MEM):
+    return op(REALLOC, domain, 0, slot, size(n))
+
+
+def resize(slot, variant, arg, domain=MEM):
+    return op(RESIZE, domain, variant, slot, arg)
+
+
+def free(slot, domain=MEM):
+    return op(FREE, domain, 0, slot)
+
+
+def burst(count_byte, n, domain=OBJ, use_calloc=False):
+    return op(BURST, domain, 1 if use_calloc else 0, None, count_byte, size(n))
+
+
+def burst_free(stride, offset=0, backwards=False):
+    return op(BURST_FREE, 0, 1 if backwards else 0, None, ((offset << 3) | (stride - 1)) & 0xFF)
+
+
+def check(free_all=False):
+    return code(CHECK, 0, 3 if free_all else 0)
+
+
+def reserve(choice):  # 0, 1 arena, 1 MiB, everything
+    return op(RESERVE, 0, 0, None, choice)
+
+
+def mode(arg, *more):
+    return op(MODE, 0, 0, None, arg, *more)
+
+
+# MODE without faults
+SET_PYMALLOC, SET_DEFAULT, SET_EMPTY, SET_MALLOC = 0, 4, 8, 1
+HOOK_MEM, HOOK_OBJ = 2, 6  # install, or remove when installed
+
+
+def stats():
+    return code(CHECK, 0, 1)
+
+
+def fault(arena, how, n=1, threshold=None):
+    """how: 0 never, 1 Nth, 2 from Nth, 3 size >= threshold."""
+    arg = (1 if arena else 0) | how << 1 | (n - 1) << 3
+    return mode(arg, *([size(threshold)] if how == 3 else []))
+
+
+TAPE_SEEDS = {
+    # Every boundary size in the three domains, then realloc each one up and down.
+    "seed-sizes": b"".join(malloc(i, n, d) for d, ns in
+                           ((MEM, BOUNDARY[:32]), (OBJ, BOUNDARY[32:]), (RAW, BOUNDARY[::4]))
+                           for i, n in enumerate(ns))
+    + b"".join(resize(i, v, 40) for v in range(4) for i in range(0, 32, 3))
+    + check(),
+    # Realloc across the pool/raw boundary, to zero and back, from NULL.
+    "seed-realloc": b"".join([
+        realloc(1, 16), realloc(1, 24), realloc(1, 12), realloc(1, 512), realloc(1, 513),
+        realloc(1, 100), op(REALLOC_ZERO, MEM, 0, 1), realloc(1, 48), free(1),
+        realloc(2, 0, RAW), realloc(2, 65536, RAW), realloc(2, 1, RAW), free(2, RAW),
+        realloc(3, 400, OBJ), resize(3, 0, 60, OBJ), resize(3, 1, 10, OBJ),
+        resize(3, 2, 200, OBJ), resize(3, 3, 0, OBJ), check(),
+    ]),
+    # calloc: plain, transposed, split, zero count or size, in every domain.
+    "seed-calloc": b"".join(calloc(i, n, d, v, 3) for i, (n, d, v) in enumerate(
+        [(16, MEM, 0), (512, MEM, 1), (513, OBJ, 2), (0, OBJ, 3), (33, RAW, 2),
+         (4096, RAW, 0), (7, MEM, 3), (200, OBJ, 2)])) + check(True),
+    # Fill a whole 16-byte pool and more, free every other block (full -> used), refill.
+    "seed-burst-pool": burst(250, 16) + burst_free(2) + burst(120, 16) + check()
+    + burst_free(3, 1, True) + burst(50, 24, MEM, True) + check(True),
+    # Pools of many classes: several arenas, then drain with the reserve at 0 and refill.
+    "seed-burst-arenas": reserve(0) + burst(250, 512) + burst(250, 496, MEM) + check()
+    + burst_free(1) + reserve(3) + burst(250, 256) + burst_free(1, 0, True) + reserve(1)
+    + check(True),
+    # Objects of every type, then the refused requests of every kind.
+    "seed-objects": b"".join(op(OBJECT, 0, 0, i, i, bytes([0, i * 7])) for i in range(5))
+    + op(OBJECT, 0, 0, 5, 3, bytes([0x0F, 0xFF])) + b"".join(
+        op(REFUSED, d, v, 1, a) for d in (RAW, MEM, OBJ) for v in range(4) for a in (0, 1, 2))
+    + free(0, OBJ) + free(1, OBJ) + check(),
+    # Configuration: "malloc" refused while pymalloc blocks live, then allowed, then back.
+    "seed-config": malloc(0, 64) + malloc(1, 2000, OBJ) + mode(SET_MALLOC) + free(0)
+    + free(1, OBJ) + mode(SET_MALLOC) + malloc(2, 64) + calloc(3, 600, OBJ) + realloc(2, 10)
+    + free(2) + free(3, OBJ) + mode(SET_DEFAULT) + malloc(4, 32) + mode(SET_EMPTY)
+    + mode(SET_PYMALLOC) + free(4) + stats(),
+    # Pass-through hooks over pymalloc and over malloc: the table routes of mem and obj.
+    "seed-hooks": mode(HOOK_MEM) + mode(HOOK_OBJ) + malloc(0, 16) + calloc(1, 700, OBJ)
+    + realloc(0, 600) + op(REFUSED, MEM, 0, 2, 0) + op(REFUSED, OBJ, 2, 1, 1) + stats()
+    + mode(SET_MALLOC) + mode(HOOK_MEM) + free(0) + free(1, OBJ) + mode(SET_MALLOC)
+    + mode(HOOK_MEM) + malloc(2, 64) + burst(20, 100, MEM) + free(2) + burst_free(1)
+    + mode(HOOK_MEM) + mode(SET_PYMALLOC) + mode(HOOK_OBJ) + burst(100, 48, OBJ) + stats()
+    + check(True),
+}
+
+FAILURE_SEEDS = {
+    # The next arena fails: the first small block cannot be had; then it can.
+    "seed-arena-nth": reserve(0) + fault(True, 1, 1) + malloc(0, 16) + malloc(1, 16)
+    + burst(250, 512) + fault(True, 2, 1) + burst(250, 512, MEM) + fault(True, 0) + check(True),
+    # Every raw request fails from now: large mem blocks and raw blocks fail, small ones not;
+    # a failed realloc keeps the block.
+    "seed-raw-from-nth": malloc(0, 100) + malloc(1, 5000, RAW) + fault(False, 2, 1)
+    + malloc(2, 1000) + malloc(3, 100) + realloc(0, 600) + realloc(1, 9000, RAW)
+    + resize(0, 0, 10) + op(REALLOC_ZERO, MEM, 0, 3) + fault(False, 0) + realloc(0, 600)
+    + check(True),
+    # Size threshold on the raw allocator, then the Nth raw call.
+    "seed-raw-size": fault(False, 3, 1, 4097) + malloc(0, 4096, RAW) + malloc(1, 4097, RAW)
+    + malloc(2, 65536) + calloc(3, 8192, OBJ) + fault(False, 1, 2) + malloc(4, 600)
+    + malloc(5, 600) + malloc(6, 600) + check(True),
+    # Arenas released mid-run (reserve 0) and re-requested under "fail from the 2nd".
+    "seed-arena-churn": reserve(0) + burst(250, 512, OBJ) + burst_free(1) + fault(True, 2, 2)
+    + burst(250, 512, OBJ) + burst(100, 16, MEM, True) + fault(True, 0) + burst_free(2)
+    + reserve(2) + check(True),
+}
+
+NAME_SEEDS = {
+    "seed-default": b"default", "seed-empty-after-nul": b"\x00malloc",
+    "seed-pymalloc": b"pymalloc", "seed-malloc": b"malloc", "seed-debug": b"debug",
+    "seed-pymalloc_debug": b"pymalloc_debug", "seed-malloc_debug": b"malloc_debug",
+    "seed-near-miss": b"mallocx", "seed-case": b"PyMalloc", "seed-nul-suffix": b"malloc\x00x",
+}
+
+
+def write(target, seeds):
+    directory = os.path.join(ROOT, target)
+    os.makedirs(directory, exist_ok=True)
+    for name, data in seeds.items():
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
+
+
+if __name__ == "__main__":
+    write("fuzz_tape", TAPE_SEEDS)
+    write("fuzz_failures", FAILURE_SEEDS)
+    write("fuzz_names", NAME_SEEDS)
