@@ -101,17 +101,12 @@ static setup_kind classify(const char *name, bool *debug) {
     return SETUP_UNKNOWN;
 }
 
-static bool same_allocator(const pm_allocator *a, const pm_allocator *b) {
-    return a->ctx == b->ctx && a->malloc == b->malloc && a->calloc == b->calloc &&
-           a->realloc == b->realloc && a->free == b->free;
-}
-
 /* The domain holds plain pymalloc, or pymalloc under the debug hook. */
 static bool domain_holds_pymalloc(pm_domain domain) {
     pm_allocator current;
     if (pm_get_allocator(domain, &current) != 0) return false;
     const pm_debug_ctx *hook = pm_debug_hook_ctx(&current);
-    return same_allocator(hook != NULL ? &hook->wrapped : &current, &pm_pymalloc_allocator);
+    return pm_allocator_equal(hook != NULL ? &hook->wrapped : &current, &pm_pymalloc_allocator);
 }
 
 static size_t hook_live_blocks(const pm_allocator *a) {
@@ -157,10 +152,10 @@ int pm_setup_allocators(const char *name) {
 
     /* EBUSY (see "The one refusal" above). */
     for (int d = 0; d < PM_DOMAIN_COUNT; d++) {
-        if (same_allocator(&saved[d], &target[d])) continue;
+        if (pm_allocator_equal(&saved[d], &target[d])) continue;
         bool busy = hook_live_blocks(&saved[d]) > 0;
         if (d != PM_DOMAIN_RAW) {
-            busy = busy || (!same_allocator(&target[d], &pm_pymalloc_allocator) &&
+            busy = busy || (!pm_allocator_equal(&target[d], &pm_pymalloc_allocator) &&
                             pm_allocated_blocks() > 0);
         }
         if (busy) {
@@ -169,29 +164,17 @@ int pm_setup_allocators(const char *name) {
         }
     }
 
-    for (int d = 0; d < PM_DOMAIN_COUNT; d++) {
-        if (same_allocator(&saved[d], &target[d])) continue;
-        if (pm_set_allocator((pm_domain)d, &target[d]) != 0) {
-            int error = errno;
-            /* Put back what was switched; those records are interned, so this cannot fail. */
-            for (int undo = 0; undo < d; undo++) {
-                (void)pm_set_allocator((pm_domain)undo, &saved[undo]);
-            }
-            errno = error;
-            return -1;
-        }
-    }
-    return 0;
+    return pm_domains_install(saved, target);
 }
 
 /* The plain name of (raw, mem, obj), or NULL. */
 static const char *plain_name(const pm_allocator *const a[PM_DOMAIN_COUNT]) {
-    if (!same_allocator(a[PM_DOMAIN_RAW], &pm_system_allocator)) return NULL;
-    if (same_allocator(a[PM_DOMAIN_MEM], &pm_pymalloc_allocator) &&
-        same_allocator(a[PM_DOMAIN_OBJ], &pm_pymalloc_allocator))
+    if (!pm_allocator_equal(a[PM_DOMAIN_RAW], &pm_system_allocator)) return NULL;
+    if (pm_allocator_equal(a[PM_DOMAIN_MEM], &pm_pymalloc_allocator) &&
+        pm_allocator_equal(a[PM_DOMAIN_OBJ], &pm_pymalloc_allocator))
         return "pymalloc";
-    if (same_allocator(a[PM_DOMAIN_MEM], &pm_system_allocator) &&
-        same_allocator(a[PM_DOMAIN_OBJ], &pm_system_allocator))
+    if (pm_allocator_equal(a[PM_DOMAIN_MEM], &pm_system_allocator) &&
+        pm_allocator_equal(a[PM_DOMAIN_OBJ], &pm_system_allocator))
         return "malloc";
     return NULL;
 }
@@ -214,7 +197,7 @@ const char *pm_current_allocator_name(void) {
         if (hook == NULL || hook->api_id != pm_debug_api_id((pm_domain)d)) return NULL;
         pm_allocator expected; /* found, not made: a context with this id and wrapped exists */
         if (pm_debug_hook_make((pm_domain)d, &hook->wrapped, &expected) != 0 ||
-            !same_allocator(&expected, &current[d]))
+            !pm_allocator_equal(&expected, &current[d]))
             return NULL;
         wrapped[d] = &hook->wrapped;
     }

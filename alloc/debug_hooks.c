@@ -76,6 +76,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "alloc/internal/domain.h"
 #include "alloc/internal/fatal.h"
 #include "gil/gil.h"
 #include "sync/sync.h"
@@ -378,14 +379,9 @@ static pm_debug_ctx static_contexts[STATIC_CONTEXTS];
 static size_t static_contexts_used;  /* fetch-and-add index */
 static pm_debug_ctx *context_list;   /* append-only, pushed by CAS */
 
-static bool same_allocator(const pm_allocator *a, const pm_allocator *b) {
-    return a->ctx == b->ctx && a->malloc == b->malloc && a->calloc == b->calloc &&
-           a->realloc == b->realloc && a->free == b->free;
-}
-
 static pm_debug_ctx *find_context(pm_debug_ctx *from, char api_id, const pm_allocator *wrapped) {
     for (pm_debug_ctx *c = from; c != NULL; c = c->next) {
-        if (c->api_id == api_id && same_allocator(&c->wrapped, wrapped)) return c;
+        if (c->api_id == api_id && pm_allocator_equal(&c->wrapped, wrapped)) return c;
     }
     return NULL;
 }
@@ -418,7 +414,7 @@ static pm_debug_ctx *intern_context(char api_id, const pm_allocator *wrapped) {
         pm_debug_ctx *newer = pm_atomic_load_ptr_acquire(&context_list);
         /* Only the contexts pushed since `head` are new to us. */
         for (pm_debug_ctx *n = newer; n != head; n = n->next) {
-            if (n->api_id == api_id && same_allocator(&n->wrapped, wrapped)) return n;
+            if (n->api_id == api_id && pm_allocator_equal(&n->wrapped, wrapped)) return n;
         }
         head = newer;
     }
@@ -479,16 +475,5 @@ int pm_setup_debug_hooks(void) {
             return -1;
         }
     }
-    for (int d = 0; d < PM_DOMAIN_COUNT; d++) {
-        if (same_allocator(&saved[d], &target[d])) continue;
-        if (pm_set_allocator((pm_domain)d, &target[d]) != 0) {
-            int error = errno;
-            for (int undo = 0; undo < d; undo++) {
-                (void)pm_set_allocator((pm_domain)undo, &saved[undo]);
-            }
-            errno = error;
-            return -1;
-        }
-    }
-    return 0;
+    return pm_domains_install(saved, target);
 }

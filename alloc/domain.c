@@ -54,7 +54,7 @@ static interned_allocator static_records[STATIC_RECORDS];
 static size_t static_records_used;       /* fetch-and-add index */
 static interned_allocator *interned_list; /* append-only, pushed by CAS */
 
-static bool same_allocator(const pm_allocator *a, const pm_allocator *b) {
+bool pm_allocator_equal(const pm_allocator *a, const pm_allocator *b) {
     return a->ctx == b->ctx && a->malloc == b->malloc && a->calloc == b->calloc &&
            a->realloc == b->realloc && a->free == b->free;
 }
@@ -75,10 +75,10 @@ static interned_allocator *new_record(void) {
 static const pm_allocator *intern_allocator(const pm_allocator *in) {
     /* The built-in records come back as themselves, so that a hook uninstalled by setting
      * the saved allocator again restores the entry points' fast paths. */
-    if (same_allocator(in, &pm_system_allocator)) return &pm_system_allocator;
-    if (same_allocator(in, &pm_pymalloc_allocator)) return &pm_pymalloc_allocator;
+    if (pm_allocator_equal(in, &pm_system_allocator)) return &pm_system_allocator;
+    if (pm_allocator_equal(in, &pm_pymalloc_allocator)) return &pm_pymalloc_allocator;
     for (interned_allocator *r = pm_atomic_load_ptr_acquire(&interned_list); r; r = r->next) {
-        if (same_allocator(in, &r->allocator)) return &r->allocator;
+        if (pm_allocator_equal(in, &r->allocator)) return &r->allocator;
     }
     interned_allocator *record = new_record();
     if (record == NULL) return NULL;
@@ -119,6 +119,21 @@ int pm_set_allocator(pm_domain domain, const pm_allocator *in) {
     }
     pm_atomic_store_ptr_release(&pm_domain_tables[domain], record);
     pm_domain_route_update(domain, record);
+    return 0;
+}
+
+int pm_domains_install(const pm_allocator saved[PM_DOMAIN_COUNT],
+                       const pm_allocator target[PM_DOMAIN_COUNT]) {
+    for (int d = 0; d < PM_DOMAIN_COUNT; d++) {
+        if (pm_allocator_equal(&saved[d], &target[d])) continue;
+        if (pm_set_allocator((pm_domain)d, &target[d]) != 0) {
+            int error = errno;
+            /* Put back what was switched: those records are interned, so this cannot fail. */
+            for (int undo = 0; undo < d; undo++) (void)pm_set_allocator((pm_domain)undo, &saved[undo]);
+            errno = error;
+            return -1;
+        }
+    }
     return 0;
 }
 
