@@ -6,7 +6,9 @@ fuzz/tape.c (this file mirrors it: keep the two in step), plus names for fuzz_na
 Each seed aims at one area, so that the fuzzer starts from inputs that already reach
 it: every size class, bursts that fill whole pools and several arenas, realloc across
 the pool/raw boundary, calloc splits, objects, refused sizes, the arena reserve, the
-configuration switch, and (fuzz_failures) each failure policy on each allocator.
+configuration switch, (fuzz_failures) each failure policy on each allocator, and
+(fuzz_debug) the sizes where the debug hooks' 24 bytes move a block across pymalloc's
+limits, realloc across the hooks' 128-byte save-and-restore, and the debug names.
 Merged inputs found by the fuzzer and regression crashers live beside them; this script
 only (re)writes the files named seed-*.
 
@@ -177,6 +179,62 @@ FAILURE_SEEDS = {
     + reserve(2) + check(True),
 }
 
+# MODE under the debug hooks (fuzz_debug): the same bytes mean debug names.
+DEBUG_PYMALLOC, DEBUG_DEBUG, ROUND_TRIP, DEBUG_MALLOC = 0, 4, 8, 1
+
+DEBUG_SEEDS = {
+    # Requests whose n + 24 bytes cross pymalloc's limits: 0 (a pool block under the hooks),
+    # 488 / 489 (the last pool size / the first raw one), 512 / 513, in mem and obj, and
+    # the raw domain's own; then each one realloc'd across 488 / 489 and back.
+    "seed-debug-boundary": b"".join(malloc(i, n, d) for i, (n, d) in enumerate(
+        [(0, MEM), (1, MEM), (464, MEM), (472, OBJ), (480, MEM), (488, OBJ), (489, MEM),
+         (496, OBJ), (504, MEM), (511, MEM), (512, OBJ), (513, MEM), (0, RAW), (489, RAW),
+         (65536, OBJ)]))
+    + b"".join(realloc(i, n) for i, n in ((1, 488), (1, 489), (1, 488), (6, 0), (7, 488),
+                                           (0, 65536), (11, 16), (12, 512)))
+    + calloc(20, 0, MEM, 3) + calloc(21, 489, OBJ, 1) + calloc(22, 488, MEM, 2, 8)
+    + check(),
+    # realloc across the hooks' save-and-restore (all of the data up to 128 bytes, else 64
+    # at each end) and pymalloc's in-place rule on n + 24: shrinks by less than a quarter
+    # stay put, larger ones move; growth reads 0xCD.
+    "seed-debug-realloc": b"".join([
+        malloc(0, 128), realloc(0, 129), realloc(0, 200), realloc(0, 150), realloc(0, 127),
+        realloc(0, 64), realloc(0, 65), resize(0, 0, 40), resize(0, 1, 60), resize(0, 2, 255),
+        resize(0, 3, 0), resize(0, 3, 0), resize(0, 0, 63), realloc(0, 0), realloc(0, 300),
+        malloc(1, 400), resize(1, 0, 50), resize(1, 0, 60), realloc(1, 1000),
+        realloc(1, 100), realloc(1, 5000), free(1), malloc(2, 4000, RAW), realloc(2, 64, RAW),
+        realloc(2, 20000, RAW), op(REALLOC_ZERO, OBJ, 0, 3), realloc(3, 488, OBJ), check(),
+    ]),
+    # Objects (their header over the hooks' 0xCD), bursts of zero-size blocks (pool blocks
+    # under the hooks) and of 488-byte ones (the last pool size), the statistics.
+    "seed-debug-objects": b"".join(op(OBJECT, 0, 0, i, i, bytes([0, i * 9])) for i in range(5))
+    + op(OBJECT, 0, 0, 5, 4, bytes([0x00, 0x14])) + op(OBJECT, 0, 0, 6, 3, bytes([0, 58]))
+    + burst(100, 0, MEM) + burst(40, 488, OBJ, True) + burst(20, 489, MEM) + stats()
+    + burst_free(2) + burst(30, 24, RAW) + check(True),
+    # The debug names: "malloc_debug" refused while blocks live, allowed when none are;
+    # blocks under it (hook over the C library); round trips through the plain name (refused
+    # while a raw block lives) and pm_setup_debug_hooks(); "debug" reads back as
+    # "pymalloc_debug".
+    "seed-debug-config": malloc(0, 64) + mode(DEBUG_MALLOC) + free(0) + malloc(1, 100, RAW)
+    + mode(DEBUG_MALLOC) + malloc(2, 64) + calloc(3, 600, OBJ) + mode(ROUND_TRIP)
+    + mode(DEBUG_PYMALLOC) + free(2) + free(3, OBJ) + mode(DEBUG_PYMALLOC) + mode(ROUND_TRIP)
+    + free(1, RAW) + mode(ROUND_TRIP) + malloc(4, 32) + mode(DEBUG_DEBUG) + free(4)
+    + mode(DEBUG_MALLOC) + mode(ROUND_TRIP) + malloc(5, 10) + stats() + free(5)
+    + mode(DEBUG_DEBUG) + check(True),
+    # Pass-through hooks over the debug hooks; switching under a covered hook with live
+    # blocks: refused while pymalloc has blocks, a round trip accepted, and the switch that
+    # would strand a covered hook's blocks skipped (the tape's second gap); then without.
+    "seed-debug-wrapped": mode(HOOK_MEM) + malloc(0, 16) + calloc(1, 700, OBJ)
+    + realloc(0, 600) + mode(DEBUG_MALLOC) + mode(ROUND_TRIP) + free(0) + free(1, OBJ)
+    + mode(DEBUG_MALLOC) + mode(HOOK_MEM) + malloc(2, 64) + mode(DEBUG_PYMALLOC)
+    + mode(ROUND_TRIP) + mode(DEBUG_MALLOC) + free(2) + mode(HOOK_OBJ) + burst(20, 100, OBJ)
+    + mode(DEBUG_PYMALLOC) + burst_free(1) + mode(HOOK_OBJ) + mode(DEBUG_PYMALLOC)
+    + burst(50, 48, MEM) + stats() + check(True),
+}
+
+# fuzz_tape's seeds that fuzz_debug starts from too (same programs, hooked).
+TAPE_SEEDS_FOR_DEBUG = ("seed-sizes", "seed-realloc", "seed-calloc", "seed-burst-arenas")
+
 NAME_SEEDS = {
     "seed-default": b"default", "seed-empty-after-nul": b"\x00malloc",
     "seed-pymalloc": b"pymalloc", "seed-malloc": b"malloc", "seed-debug": b"debug",
@@ -197,3 +255,4 @@ if __name__ == "__main__":
     write("fuzz_tape", TAPE_SEEDS)
     write("fuzz_failures", FAILURE_SEEDS)
     write("fuzz_names", NAME_SEEDS)
+    write("fuzz_debug", {**DEBUG_SEEDS, **{k: TAPE_SEEDS[k] for k in TAPE_SEEDS_FOR_DEBUG}})

@@ -12,10 +12,10 @@
  *                   interprets the tape, frees whatever the tape left live, checks that
  *                   every counter is back to its starting value and no arena remains, and
  *                   puts the arena reserve back. Aborts with a message on any violation.
- *   the target      installs what it wants tested around it (failing allocators, later
- *                   debug hooks, per-thread caches, tracing) and takes them away after.
+ *   the target      installs what it wants tested around it (failing allocators, debug
+ *                   hooks, later per-thread caches, tracing) and takes them away after.
  *
- * Extending: a new allocator mode (debug hooks, a cache) is a new target that sets it up
+ * Extending: a new allocator mode (a cache, tracing) is a new target that sets it up
  * around pm_tape_run() and, if it changes what the model may assume, a new field in
  * pm_tape_options read by tape.c's expectations (expected_place, expect_in_place). New
  * operations take a free opcode in tape.c's table; old corpora stay valid programs.
@@ -23,6 +23,7 @@
 #ifndef PM_FUZZ_TAPE_H
 #define PM_FUZZ_TAPE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -43,6 +44,16 @@ typedef struct pm_tape_options {
      * policies ordered a failure during it. */
     pm_failing_allocator *raw_faults;
     pm_failing_arena_allocator *arena_faults;
+    /* CPython's debug hooks are installed in every domain for the whole run (fuzz_debug;
+     * not with faults): each domain must hold its hook, the raw one over the C library and
+     * the mem and object ones over pymalloc or the C library ("pymalloc_debug" or
+     * "malloc_debug"). The model then counts the hooks' 24 bytes per block in placement (a
+     * request of n bytes is n + 24 bytes to the allocator under the hook, so 0..488 bytes
+     * come from pools and 489 and up from raw), checks every block's decoration (size,
+     * API id, pads) and fill bytes (0xCD when new or grown) and each hook's live-block
+     * count, and opcode 15 switches between the debug names or round-trips through the
+     * plain name and pm_setup_debug_hooks(): the hooks never stay off. See tape.c. */
+    bool debug_hooks;
 } pm_tape_options;
 
 /* Runs one input. The caller holds the GIL (mem and object domains, pm_heap_check). On
