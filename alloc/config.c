@@ -109,9 +109,10 @@ static bool domain_holds_pymalloc(pm_domain domain) {
     return pm_allocator_equal(hook != NULL ? &hook->wrapped : &current, &pm_pymalloc_allocator);
 }
 
-static size_t hook_live_blocks(const pm_allocator *a) {
-    const pm_debug_ctx *hook = pm_debug_hook_ctx(a);
-    return hook != NULL ? pm_atomic_load_size_relaxed(&hook->live_blocks) : 0;
+/* Blocks that switching domain d to `target` would strand: those of every debug hook of the
+ * domain, installed on top or buried under another hook, except the one `target` keeps. */
+static size_t stranded_hook_blocks(pm_domain d, const pm_allocator *target) {
+    return pm_debug_hooks_live_blocks(pm_debug_api_id(d), pm_debug_hook_ctx(target));
 }
 
 /* ---- pm_setup_allocators ------------------------------------------------------------- */
@@ -153,7 +154,7 @@ int pm_setup_allocators(const char *name) {
     /* EBUSY (see "The one refusal" above). */
     for (int d = 0; d < PM_DOMAIN_COUNT; d++) {
         if (pm_allocator_equal(&saved[d], &target[d])) continue;
-        bool busy = hook_live_blocks(&saved[d]) > 0;
+        bool busy = stranded_hook_blocks((pm_domain)d, &target[d]) > 0;
         if (d != PM_DOMAIN_RAW) {
             busy = busy || (!pm_allocator_equal(&target[d], &pm_pymalloc_allocator) &&
                             pm_allocated_blocks() > 0);

@@ -420,6 +420,14 @@ static pm_debug_ctx *intern_context(char api_id, const pm_allocator *wrapped) {
     }
 }
 
+size_t pm_debug_hooks_live_blocks(char api_id, const pm_debug_ctx *except) {
+    size_t live = 0;
+    for (pm_debug_ctx *c = pm_atomic_load_ptr_acquire(&context_list); c != NULL; c = c->next) {
+        if (c->api_id == api_id && c != except) live += pm_atomic_load_size_relaxed(&c->live_blocks);
+    }
+    return live;
+}
+
 char pm_debug_api_id(pm_domain domain) {
     switch (domain) {
     case PM_DOMAIN_RAW:

@@ -117,20 +117,12 @@
  *     two; 2 = the pass-through hook, over the debug hook. EBUSY is expected exactly where
  *     alloc/config.c's rule gives it: a mem/obj domain changes while pymalloc has blocks
  *     (the target is a hook, never plain pymalloc, except in the round trip) or while its
- *     debug hook, on top, has live blocks; the round trip also while the raw hook has
- *     live blocks. So "malloc" blocks cannot be stranded and the gap above does not apply.
+ *     debug hook, on top or covered by the pass-through hook, has live blocks and would be
+ *     replaced or removed; the round trip also while the raw hook has live blocks. So no
+ *     block can be stranded and the gap above does not apply.
  * Not checked: that a freed block reads 0xDD (reading it is a use after free; the hooks'
  * own checks on free and realloc are the test there). Every report of the hooks is a fatal
  * error, which the target turns into an abort: on a valid program any report is a crash.
- *
- * A second deliberate gap, debug hooks only: MODE does not switch between "pymalloc_debug"
- * and "malloc_debug" while a pass-through hook covers a mem/obj domain that has live blocks
- * (unless the switch is refused anyway). alloc/config.c counts a debug hook's live blocks
- * only when the hook is on top of its domain, so pm_setup_allocators() accepts the switch
- * and strands them under a hook over the other allocator: freeing one is then a fatal "bad
- * ID" report. (Its round trip, "pymalloc" / "malloc" then pm_setup_debug_hooks(), is
- * accepted too, but re-installs the same interned hook at once, so nothing is stranded and
- * the tape runs it.) See fuzz/README.md.
  *
  * State: one static tape, reset per input (everything runs under the GIL, one input at a
  * time). The live-set storage is static too: nothing here allocates through the library
@@ -1020,24 +1012,19 @@ static void op_config_debug(tape *t, uint8_t arg) PM_GIL_REQUIRED {
                                    : pymalloc_names[(arg >> 2) % 3];
     size_t pymalloc_blocks =
         t->start_blocks + t->in_place[PLACE_POOL] + t->in_place[PLACE_FALLBACK];
-    /* alloc/config.c's rule, domain by domain: a domain that changes is busy when its hook
-     * (if on top) has live blocks, or when it leaves plain pymalloc's hands while pymalloc
-     * has blocks; what a pass-through hook covers is not seen. */
-    bool busy = false, strands = false;
+    /* alloc/config.c's rule, domain by domain: a domain whose debug hook changes (or goes)
+     * is busy while that hook has live blocks, whether it is on top or covered by the
+     * pass-through hook; and a domain that leaves plain pymalloc's hands is busy while
+     * pymalloc has blocks. Removing only the pass-through hook keeps the same debug hook
+     * (contexts are interned) and strands nothing. */
+    bool busy = false;
     for (int d = PM_DOMAIN_MEM; d <= PM_DOMAIN_OBJ; d++) {
         bool under_changes = round_trip || new_malloc != now_malloc;
         if (!t->wrapped[d] && !under_changes) continue; /* the same hook: no change */
-        busy |= !t->wrapped[d] && t->in_domain[d] > 0;
+        busy |= under_changes && t->in_domain[d] > 0;
         busy |= !(round_trip && !new_malloc) && pymalloc_blocks > 0;
-        /* A round trip re-installs the very same hook (contexts are interned): no harm. */
-        strands |= t->wrapped[d] && t->in_domain[d] > 0 && new_malloc != now_malloc;
     }
     if (round_trip) busy |= t->in_place[PLACE_RAW] + t->in_place[PLACE_FALLBACK] > 0;
-    if (strands && !busy) { /* the second deliberate gap (see the top of this file) */
-        trace("pm_setup_allocators(\"%s\") skipped: it would strand blocks of a covered hook",
-              name);
-        return;
-    }
     errno = 0;
     int r = pm_setup_allocators(name);
     int error = errno;

@@ -164,6 +164,27 @@ const char *const kUnknownNames[] = {"bogus",   "Default", "MALLOC",  "malloc ",
 
 // ---- pm_setup_allocators / pm_current_allocator_name --------------------------------------
 
+// Regression (found while building fuzz_debug): a debug hook covered by another hook still
+// counts. Replacing both while the debug hook has live blocks would leave them to be freed
+// through a hook over another allocator, a fatal "bad ID".
+TEST_F(ConfigTest, ReplacingACoveredDebugHookWithLiveBlocksIsEbusy) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_setup_allocators("malloc_debug"));
+    CountingHook cover;
+    cover.Install(PM_DOMAIN_MEM);
+    void *p = pm_mem_malloc(64);
+    ASSERT_NE(p, nullptr);
+    errno = 0;
+    EXPECT_EQ(-1, pm_setup_allocators("pymalloc_debug"));
+    EXPECT_EQ(EBUSY, errno);
+    EXPECT_EQ(-1, pm_setup_allocators("malloc")) << "the plain name would strand them too";
+    EXPECT_EQ(EBUSY, errno);
+    pm_mem_free(p);  // still through the cover and the hook that made it
+    EXPECT_EQ(2, cover.calls);
+    cover.Uninstall();
+    EXPECT_EQ(0, pm_setup_allocators("default")) << "errno " << errno;
+}
+
 TEST_F(ConfigTest, StartsOnPymalloc) {
     EXPECT_EQ("pymalloc", NameOrNull(pm_current_allocator_name()));
 }

@@ -44,6 +44,11 @@ typedef struct pm_debug_ctx {
 /* The API id CPython uses for each domain. */
 char pm_debug_api_id(pm_domain domain);
 
+/* Live blocks of every debug hook of this API id except `except` (NULL: of all of them),
+ * installed or buried under other hooks. Configuration by name refuses a switch that would
+ * strand them (alloc/config.c). */
+size_t pm_debug_hooks_live_blocks(char api_id, const pm_debug_ctx *except);
+
 /* The hook's context if `a` is one of the debug hooks (of any domain), else NULL. */
 const pm_debug_ctx *pm_debug_hook_ctx(const pm_allocator *a);
 
