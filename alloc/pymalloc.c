@@ -4,8 +4,9 @@
  * domains use by default.
  *
  * Fast paths (inline, in the header): malloc pops the head of the class's first used pool;
- * free pushes onto the block's own pool after the arena map says the pointer is ours. Each
- * has one branch to leave it. Everything else is here:
+ * free pushes onto the block's own pool after the arena map says the pointer is ours. malloc
+ * leaves it when there is no free block or it took the last one; free when the pointer is not
+ * ours or one test of used_state says "was full or is now empty". Everything else is here:
  *
  *   malloc, list empty        take an empty pool from the arenas, make it the list head
  *   malloc took the last one  carve more blocks, or unlink the pool: it is full

@@ -16,8 +16,7 @@
  *
  * In every state: "default", "", "pymalloc" and "malloc" are accepted as above; "debug",
  * "pymalloc_debug" and "malloc_debug" likewise, except EBUSY in the busy state (hooks over
- * pymalloc's live block), or ENOTSUP everywhere from a build without the debug hooks; any
- * other name gives -1 with EINVAL. A refusal changes nothing (all three tables and the name
+ * pymalloc's live block); any other name gives -1 with EINVAL. A refusal changes nothing (all three tables and the name
  * read back as before); a success reads back the documented name ("pymalloc" for
  * "default" and "", "pymalloc_debug" for "debug"), after which one small and one large
  * block are allocated and freed in each domain. The empty input also tries NULL.
@@ -169,13 +168,12 @@ static void try_from(const char *name, start_state state, const pm_allocator out
         if (!busy && r != 0) violation(name, state, "refused (errno %d)", error);
         break;
     case NAME_DEBUG:
-        /* ENOTSUP: a build without the debug hooks. With them, the hooks over pymalloc
-         * while it has a block would strand it (EBUSY); over malloc's blocks they are
-         * allowed, as is moving from malloc to pymalloc under hooks. */
-        if (r == -1 && error == ENOTSUP) break;
+        /* The hooks over pymalloc while it has a block would strand it (EBUSY); over
+         * malloc's blocks they are allowed, as is moving from malloc to pymalloc under
+         * hooks. */
         if (busy && (r != -1 || error != EBUSY)) {
             violation(name, state, "returned %d (errno %d) with a pymalloc block live; expected "
-                      "-1 with EBUSY (or ENOTSUP)", r, error);
+                      "-1 with EBUSY", r, error);
         }
         if (!busy && r != 0) violation(name, state, "refused (errno %d)", error);
         break;
