@@ -32,7 +32,7 @@
  * memory (alloc/internal/pymalloc.h has the encoding). It is a two-level radix tree over the
  * 48-bit address space: a static root of leaf pointers (virtual memory only until used) and
  * leaves of two words per arena-sized chunk, mmap'd on demand and never freed. Writers
- * hold the GIL (later the arena lock); readers may run anywhere, so leaf pointers and entries
+ * hold the GIL (with thread caches, the pool lock); readers may run anywhere, so leaf pointers and entries
  * are published with atomics, and an arena's entries are cleared before its memory is given
  * back, so a pointer the OS later hands to someone else is never taken for ours.
  *
@@ -89,7 +89,9 @@ int pm_get_arena_allocator(pm_arena_allocator *out) {
         errno = EINVAL;
         return -1;
     }
+    pm_pool_lock();
     *out = arena_allocator;
+    pm_pool_unlock();
     return 0;
 }
 
@@ -98,7 +100,9 @@ int pm_set_arena_allocator(const pm_arena_allocator *in) {
         errno = EINVAL;
         return -1;
     }
+    pm_pool_lock();
     arena_allocator = *in;
+    pm_pool_unlock();
     return 0;
 }
 
@@ -295,12 +299,17 @@ static void trim_reserve(void) {
 }
 
 void pm_set_arena_reserve(size_t bytes) {
+    pm_pool_lock();
     reserve_limit_bytes = bytes;
     trim_reserve();
+    pm_pool_unlock();
 }
 
 size_t pm_get_arena_reserve(void) {
-    return pm_arena_reserve_limit();
+    pm_pool_lock();
+    size_t limit = pm_arena_reserve_limit();
+    pm_pool_unlock();
+    return limit;
 }
 
 size_t pm_arena_reserve_count(void) {
@@ -327,6 +336,7 @@ pm_pool *pm_arena_take_pool(void) {
         pool = (pm_pool *)((uintptr_t)arena->first_pool + (size_t)arena->carved_pools * PM_POOL_SIZE);
         arena->carved_pools++;
         pool->arena = arena;
+        pm_pool_set_owner(pool, NULL);
         pool->free = NULL;
         pool->used_state = 0;
         pool->carve_offset = (uint16_t)PM_POOL_HEADER_SIZE;
@@ -339,6 +349,7 @@ pm_pool *pm_arena_take_pool(void) {
 
 void pm_arena_return_pool(pm_pool *pool) {
     pm_arena *arena = pool->arena;
+    pm_pool_set_owner(pool, NULL); /* in the arena: nobody's */
     pool->next = arena->free_pools;
     arena->free_pools = pool;
     set_free_count(arena, arena->free_count + 1);

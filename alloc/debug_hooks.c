@@ -78,6 +78,7 @@
 
 #include "alloc/internal/domain.h"
 #include "alloc/internal/fatal.h"
+#include "alloc/internal/pymalloc.h"
 #include "gil/gil.h"
 #include "sync/sync.h"
 
@@ -348,8 +349,12 @@ static void raw_hook_free(void *ctx, void *ptr) {
 /* The mem and object domains' hooks: the GIL first, then as raw. */
 static const char no_gil_message[] = "Python memory allocator called without holding the GIL";
 
+/* In free-threaded mode (pm_init) the mem and object domains need no GIL, so there is
+ * nothing to check. */
 static inline void require_gil(const char *func) {
-    if (PM_SYNC_UNLIKELY(!pm_gil_held())) pm_fatal_error(func, no_gil_message);
+    if (PM_SYNC_UNLIKELY(!pm_threading.free_threaded && !pm_gil_held())) {
+        pm_fatal_error(func, no_gil_message);
+    }
 }
 
 static void *gil_hook_malloc(void *ctx, size_t size) {

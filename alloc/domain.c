@@ -208,13 +208,13 @@ void pm_get_raw_stats(pm_raw_stats *out) {
 }
 
 /* The mem and object domains. malloc and free go through the domain's route (see
- * pm_domain_route in alloc/internal/pymalloc.h): pymalloc's inline fast path when pymalloc is
- * installed, the table otherwise, with no comparison of tables on the way. calloc and realloc
+ * pm_domain_route in alloc/internal/pymalloc.h): pymalloc's inline fast path, on the calling
+ * thread's heap, when pymalloc is installed, the table otherwise, with no comparison of
+ * tables on the way. calloc and realloc
  * always dispatch through the table. */
 #define DEFINE_GIL_DOMAIN(prefix, domain)                                            \
     void *prefix##_malloc(size_t size) {                                             \
-        pm_heap *heap = pm_atomic_load_ptr_relaxed(&pm_domain_routes[domain].heap);  \
-        return pm_pymalloc_malloc_inline(heap, size, domain);                        \
+        return pm_pymalloc_malloc_inline(pm_route_heap(domain), size, domain);       \
     }                                                                                \
     void *prefix##_calloc(size_t nelem, size_t elsize) {                             \
         if (calloc_refused(nelem, elsize)) return NULL;                              \

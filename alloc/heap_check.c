@@ -16,18 +16,24 @@
  *         singly linked list that reaches NULL cannot visit a node twice);
  *       conservation: used + free-list length + never-carved blocks == capacity;
  *       free == NULL exactly when the pool is full (every block carved and in use);
- *       the pool's owner is a heap (the main heap: the only one in GIL mode).
+ *       a pool in use is owned by a heap (main, shared, or a registered thread heap); an
+ *       empty pool is owned by nobody (it is in its arena) or by a thread heap (its stash).
  *  3. Per arena: the free-pool list holds only carved pools of the arena, each empty, and
- *     ends within as many steps as step 2 found empty pools, having visited exactly that
- *     many. A terminating list of distinct empty pools whose length equals the number
+ *     ends within as many steps as step 2 found ownerless empty pools, having visited
+ *     exactly that many. A terminating list of distinct empty pools whose length equals the number
  *     of empty pools is the set of empty pools: nothing empty is lost, nothing else listed.
  *  4. pm_no_pool (the head of every empty used list) is still all zeros; every list of
- *     pm_bypass_heap (the routes' stand-in while a hook is installed) is empty; each of
- *     pm_main_heap's 32 used lists is NULL-terminated with consistent prev links, ends
- *     within the number of used pools of its class (no cycle), holds only pools the arena
- *     map says are ours whose headers say "used, not full, this class, this heap", and has
- *     the same length and the same address fingerprint as the set of used pools of that
- *     class found in step 2. Full and empty pools are therefore on no used list.
+ *     the stand-in heaps (bypass, unattached) is empty; for every heap (main, shared, each
+ *     thread heap), each of its 32 used lists is NULL-terminated with consistent prev
+ *     links, holds only pools the arena map says are ours whose headers say "used, not
+ *     full, this class, this heap"; a thread heap's full list holds only its full pools and
+ *     its stash only its empty ones. Over all heaps, each class's used lists have the same
+ *     length and address fingerprint (of pool and owner) as the used pools of that class
+ *     found in step 2, and likewise the full lists and stashes, so no list ends in a cycle
+ *     and every pool is on exactly the list its state and owner call for.
+ *  5. Every remote-free list (blocks other threads freed, not yet applied) ends, and holds
+ *     only block-aligned blocks inside the carved part of a pool in use; in all, no more
+ *     blocks than are counted in use.
  *
  * Memory. Nothing is allocated: the walk keeps per-class counters on the stack, and a
  * pointer is dereferenced only after it is shown to lie inside memory the walk already
@@ -39,7 +45,10 @@
  * except with probability about 2^-64, keeping the check O(heap) in time.
  *
  * Cost: O(arenas + carved pools + free blocks). Run it in tests and debug builds, not on a
- * hot path. Contract: the GIL is held, as for every other walk of pymalloc's structures.
+ * hot path. Contract: the GIL is held, as for every other walk of pymalloc's structures;
+ * with thread caches, other threads are quiescent (not inside a mem or object call, with a
+ * happens-before edge to this one: joined, or waiting on a barrier). The registry and pool
+ * locks are held during the walk so that attach, detach and refills cannot run.
  */
 #include <stdarg.h>
 #include <stdbool.h>
@@ -54,14 +63,19 @@ enum { REPORT_SIZE = 256 };
 /* The description of the first violation, per thread (the API's contract). */
 static _Thread_local char report[REPORT_SIZE];
 
-typedef struct class_census {
-    size_t used_pools;    /* used (not full, not empty) pools of the class on the main heap */
-    uint64_t fingerprint; /* sum of mix(address) over them */
-} class_census;
+typedef struct census {
+    size_t pools;         /* pools found in the arenas in this state */
+    uint64_t fingerprint; /* sum of pool_print(pool, owner) over them */
+} census;
 
 typedef struct heap_walk {
-    const char *failure; /* NULL until the first violation */
-    class_census classes[PM_NUM_CLASSES];
+    const char *failure;            /* NULL until the first violation */
+    census used[PM_NUM_CLASSES];    /* used (not full, not empty) pools per class */
+    census full;                    /* full pools owned by thread heaps */
+    census stashed;                 /* empty pools owned by thread heaps */
+    census listed_used[PM_NUM_CLASSES], listed_full, listed_stashed; /* found on lists */
+    size_t blocks_in_use;           /* sum of used counts */
+    size_t remote_blocks;           /* blocks on remote-free lists */
 } heap_walk;
 
 __attribute__((format(printf, 2, 3))) static void fail(heap_walk *walk, const char *fmt, ...) {
@@ -85,10 +99,26 @@ static uint64_t mix(uintptr_t address) {
     return x;
 }
 
-/* The heaps a pool may name as its owner. In GIL mode there is one; per-thread heaps will
- * be recognised here (and their used lists walked in check_used_lists). */
+static uint64_t pool_print(const pm_pool *pool, const pm_heap *owner) {
+    return mix((uintptr_t)pool ^ mix((uintptr_t)owner));
+}
+
+static void census_add(census *c, const pm_pool *pool, const pm_heap *owner) {
+    c->pools++;
+    c->fingerprint += pool_print(pool, owner);
+}
+
+static bool is_thread_heap(const pm_heap *heap) {
+    for (const pm_heap *h = pm_atomic_load_ptr_acquire(&pm_thread_heaps_registry); h != NULL;
+         h = h->registry_next) {
+        if (h == heap) return true;
+    }
+    return false;
+}
+
+/* The heaps a pool in use may name as its owner. */
 static bool is_heap(const pm_heap *heap) {
-    return heap == &pm_main_heap;
+    return heap == &pm_main_heap || heap == &pm_shared_heap || is_thread_heap(heap);
 }
 
 static const pm_pool *pool_at(const pm_arena *arena, uint32_t index) {
@@ -112,6 +142,15 @@ static bool check_pool(heap_walk *walk, const pm_arena *arena, const pm_pool *po
                  "pool %p (no class): never used, yet used state %#x, free list %p, "
                  "carve offset %u",
                  at, pool->used_state, (const void *)pool->free, pool->carve_offset);
+        }
+        if (pool->used_state == 0 && pm_pool_owner(pool) != NULL) {
+            if (!is_thread_heap(pm_pool_owner(pool))) {
+                fail(walk, "pool %p (no class): owned by %p, which is not a thread heap", at,
+                     (const void *)pm_pool_owner(pool));
+            } else {
+                census_add(&walk->stashed, pool, pm_pool_owner(pool));
+            }
+            return false;
         }
         return pool->used_state == 0;
     }
@@ -189,16 +228,27 @@ static bool check_pool(heap_walk *walk, const pm_arena *arena, const pm_pool *po
              pool->free == NULL ? "empty" : "not empty");
         return false;
     }
-    if (pm_pool_used(pool) == 0) return true;
-    if (!is_heap(pool->owner)) {
-        fail(walk, "pool %p (class %u): %u blocks in use but its owner %p is not a heap", at,
-             size_class, pm_pool_used(pool), (const void *)pool->owner);
+    const pm_heap *owner = pm_pool_owner(pool);
+    if (pm_pool_used(pool) == 0) {
+        if (owner == NULL) return true; /* in its arena */
+        if (!is_thread_heap(owner)) {
+            fail(walk, "pool %p (class %u): empty, owned by %p, which is not a thread heap", at,
+                 size_class, (const void *)owner);
+        } else {
+            census_add(&walk->stashed, pool, owner);
+        }
         return false;
     }
-    if (pool->free != NULL && pool->owner == &pm_main_heap) {
-        class_census *census = &walk->classes[size_class];
-        census->used_pools++;
-        census->fingerprint += mix((uintptr_t)pool);
+    if (!is_heap(owner)) {
+        fail(walk, "pool %p (class %u): %u blocks in use but its owner %p is not a heap", at,
+             size_class, pm_pool_used(pool), (const void *)owner);
+        return false;
+    }
+    walk->blocks_in_use += pm_pool_used(pool);
+    if (pool->free != NULL) {
+        census_add(&walk->used[size_class], pool, owner);
+    } else if (owner->kind == PM_HEAP_THREAD) {
+        census_add(&walk->full, pool, owner);
     }
     return false;
 }
@@ -239,14 +289,14 @@ static void check_arena(const pm_arena *arena, void *arg) {
             return;
         }
         if (++listed > empty) {
-            fail(walk, "arena %p: free-pool list longer than its %u empty pools (cycle?)", at,
-                 empty);
+            fail(walk, "arena %p: free-pool list longer than its %u ownerless empty pools (cycle?)",
+                 at, empty);
             return;
         }
     }
     if (listed != empty) {
-        fail(walk, "arena %p: %u empty pools but only %u on its free-pool list", at, empty,
-             listed);
+        fail(walk, "arena %p: %u ownerless empty pools but only %u on its free-pool list", at,
+             empty, listed);
     }
 }
 
@@ -261,84 +311,183 @@ static void check_no_pool(heap_walk *walk) {
     }
 }
 
-/* The bypass heap must look full in every class, so that the fast path always leaves it. */
-static void check_bypass_heap(heap_walk *walk) {
+/* The stand-in heaps must look full in every class, so that the fast path always leaves
+ * them. */
+static void check_sentinel_heap(heap_walk *walk, const pm_heap *heap, const char *name) {
     for (unsigned c = 0; c < PM_NUM_CLASSES; c++) {
-        if (pm_bypass_heap.used[c] != &pm_no_pool) {
-            fail(walk, "class %u: the bypass heap's used list holds %p (it must stay empty)", c,
-                 (const void *)pm_bypass_heap.used[c]);
+        if (heap->used[c] != &pm_no_pool) {
+            fail(walk, "class %u: the %s heap's used list holds %p (it must stay empty)", c, name,
+                 (const void *)heap->used[c]);
             return;
         }
     }
 }
 
+/* A pool found on one of `heap`'s lists: ours and pool-aligned (so its header may be read). */
+static bool listed_pool_ours(heap_walk *walk, const pm_heap *heap, const pm_pool *p,
+                             const char *list) {
+    if (((uintptr_t)p & PM_POOL_MASK) != 0 || !pm_pymalloc_owns(p)) {
+        fail(walk, "heap %p: its %s holds %p, which is not one of our pools", (const void *)heap,
+             list, (const void *)p);
+        return false;
+    }
+    return true;
+}
+
+/* ... and owned by `heap`. */
+static bool listed_pool_ok(heap_walk *walk, const pm_heap *heap, const pm_pool *p,
+                           const char *list) {
+    if (!listed_pool_ours(walk, heap, p, list)) return false;
+    if (pm_pool_owner(p) != heap) {
+        fail(walk, "heap %p: pool %p on its %s is owned by %p", (const void *)heap,
+             (const void *)p, list, (const void *)pm_pool_owner(p));
+        return false;
+    }
+    return true;
+}
+
 static void check_used_list(heap_walk *walk, const pm_heap *heap, unsigned c) {
-    const class_census *census = &walk->classes[c];
+    census *listed = &walk->listed_used[c];
     const pm_pool *head = heap->used[c];
     if (head == NULL) {
         fail(walk, "class %u: used-list head is NULL (an empty list is &pm_no_pool)", c);
         return;
     }
+    if (head == &pm_no_pool) return;
     size_t count = 0;
-    uint64_t fingerprint = 0;
-    if (head != &pm_no_pool) {
-        const pm_pool *prev = NULL;
-        for (const pm_pool *p = head; p != NULL; prev = p, p = p->next) {
-            const void *at = p;
-            if (p == &pm_no_pool) {
-                fail(walk, "class %u: used list continues into pm_no_pool after pool %p", c,
-                     (const void *)prev);
-                return;
-            }
-            if (((uintptr_t)p & PM_POOL_MASK) != 0 || !pm_pymalloc_owns(p)) {
-                fail(walk, "class %u: used list holds %p, which is not one of our pools", c, at);
-                return;
-            }
-            if (++count > census->used_pools) {
-                fail(walk,
-                     "class %u: used list longer than the %zu used pools of the class "
-                     "(cycle, or a pool listed twice, at %p)",
-                     c, census->used_pools, at);
-                return;
-            }
-            if (p->prev != prev) {
-                fail(walk, "class %u: pool %p on the used list has prev %p, expected %p", c, at,
-                     (const void *)p->prev, (const void *)prev);
-                return;
-            }
-            if (p->size_class != c) {
-                fail(walk, "class %u: pool %p of class %u is on the used list", c, at,
-                     p->size_class);
-                return;
-            }
-            if (pm_pool_used(p) == 0) {
-                fail(walk, "class %u: empty pool %p is on the used list", c, at);
-                return;
-            }
-            if (p->free == NULL) {
-                fail(walk, "class %u: full pool %p is on the used list", c, at);
-                return;
-            }
-            if (p->owner != heap) {
-                fail(walk, "class %u: pool %p owned by %p is on the used list of heap %p", c, at,
-                     (const void *)p->owner, (const void *)heap);
-                return;
-            }
-            fingerprint += mix((uintptr_t)p);
+    const pm_pool *prev = NULL;
+    for (const pm_pool *p = head; p != NULL; prev = p, p = p->next) {
+        const void *at = p;
+        if (p == &pm_no_pool) {
+            fail(walk, "class %u: used list continues into pm_no_pool after pool %p", c,
+                 (const void *)prev);
+            return;
+        }
+        if (!listed_pool_ours(walk, heap, p, "used list")) return;
+        if (++listed->pools > walk->used[c].pools) {
+            fail(walk,
+                 "class %u: used lists longer than the %zu used pools of the class "
+                 "(cycle, or a pool listed twice, at %p)",
+                 c, walk->used[c].pools, at);
+            return;
+        }
+        count++;
+        if (p->prev != prev) {
+            fail(walk, "class %u: pool %p on the used list has prev %p, expected %p", c, at,
+                 (const void *)p->prev, (const void *)prev);
+            return;
+        }
+        if (p->size_class != c) {
+            fail(walk, "class %u: pool %p of class %u is on the used list", c, at, p->size_class);
+            return;
+        }
+        if (pm_pool_used(p) == 0) {
+            fail(walk, "class %u: empty pool %p is on the used list", c, at);
+            return;
+        }
+        if (p->free == NULL) {
+            fail(walk, "class %u: full pool %p is on the used list", c, at);
+            return;
+        }
+        if (!listed_pool_ok(walk, heap, p, "used list")) return;
+        listed->fingerprint += pool_print(p, heap);
+    }
+    if (count != heap->used_count[c]) {
+        fail(walk, "class %u: heap %p lists %zu used pools but counts %u", c, (const void *)heap,
+             count, heap->used_count[c]);
+    }
+}
+
+static void check_full_list(heap_walk *walk, const pm_heap *heap) {
+    const pm_pool *prev = NULL;
+    for (const pm_pool *p = heap->full; p != NULL; prev = p, p = p->next) {
+        if (!listed_pool_ok(walk, heap, p, "full list")) return;
+        if (++walk->listed_full.pools > walk->full.pools) {
+            fail(walk, "heap %p: full lists longer than the %zu full pools (cycle?)",
+                 (const void *)heap, walk->full.pools);
+            return;
+        }
+        if (p->prev != prev || !pm_pool_full(p) || p->free != NULL) {
+            fail(walk, "heap %p: pool %p on its full list is %s", (const void *)heap,
+                 (const void *)p, p->prev != prev ? "mislinked" : "not full");
+            return;
+        }
+        walk->listed_full.fingerprint += pool_print(p, heap);
+    }
+}
+
+static void check_stash(heap_walk *walk, const pm_heap *heap) {
+    uint32_t count = 0;
+    for (const pm_pool *p = heap->stash; p != NULL; p = p->next) {
+        if (!listed_pool_ok(walk, heap, p, "stash")) return;
+        if (++walk->listed_stashed.pools > walk->stashed.pools) {
+            fail(walk, "heap %p: stashes longer than the %zu stashed pools (cycle?)",
+                 (const void *)heap, walk->stashed.pools);
+            return;
+        }
+        if (pm_pool_used(p) != 0) {
+            fail(walk, "heap %p: pool %p in its stash has %u blocks in use", (const void *)heap,
+                 (const void *)p, pm_pool_used(p));
+            return;
+        }
+        count++;
+        walk->listed_stashed.fingerprint += pool_print(p, heap);
+    }
+    if (count != heap->stash_count) {
+        fail(walk, "heap %p: %u pools in its stash but it counts %u", (const void *)heap, count,
+             heap->stash_count);
+    }
+}
+
+/* Blocks freed by other threads and not yet applied: each must be a block of a pool in use
+ * (its pool still counts it), and there cannot be more of them than blocks in use. */
+static void check_remote_list(heap_walk *walk, const pm_heap *heap) {
+    const pm_lifo_node *node = pm_atomic_load_ptr_acquire(&heap->remote.head);
+    for (; node != NULL && walk->failure == NULL; node = node->next) {
+        const pm_pool *pool = pm_pool_of(node);
+        size_t offset = (uintptr_t)node - (uintptr_t)pool;
+        if (!pm_pymalloc_owns(node) || offset < PM_POOL_HEADER_SIZE ||
+            pool->size_class >= PM_NUM_CLASSES || pm_pool_used(pool) == 0 ||
+            (offset - PM_POOL_HEADER_SIZE) % pm_class_block_size(pool->size_class) != 0 ||
+            offset >= pool->carve_offset) {
+            fail(walk, "heap %p: remote-free list holds %p, which is not a block in use",
+                 (const void *)heap, (const void *)node);
+            return;
+        }
+        if (++walk->remote_blocks > walk->blocks_in_use) {
+            fail(walk, "remote-free lists hold more blocks than the %zu in use (cycle?)",
+                 walk->blocks_in_use);
         }
     }
-    if (count != census->used_pools) {
-        fail(walk, "class %u: %zu pools on the used list but %zu used pools in the arenas", c,
-             count, census->used_pools);
-    } else if (fingerprint != census->fingerprint) {
-        fail(walk, "class %u: the used list holds a pool that is not a used pool of the arenas",
-             c);
+}
+
+static void check_heap(pm_heap *heap, void *arg) {
+    heap_walk *walk = arg;
+    for (unsigned c = 0; c < PM_NUM_CLASSES && walk->failure == NULL; c++) {
+        check_used_list(walk, heap, c);
+    }
+    if (walk->failure == NULL && heap->kind == PM_HEAP_THREAD) {
+        check_full_list(walk, heap);
+        if (walk->failure == NULL) check_stash(walk, heap);
+    }
+    if (walk->failure == NULL) check_remote_list(walk, heap);
+}
+
+static void compare_census(heap_walk *walk, const census *found, const census *listed,
+                           const char *what) {
+    if (walk->failure != NULL) return;
+    if (found->pools != listed->pools) {
+        fail(walk, "%s: %zu pools on the lists but %zu such pools in the arenas", what,
+             listed->pools, found->pools);
+    } else if (found->fingerprint != listed->fingerprint) {
+        fail(walk, "%s: the lists hold a pool that is not such a pool of the arenas (or is "
+                   "on another heap's list)", what);
     }
 }
 
 /* ---- entry point --------------------------------------------------------------------- */
 
-const char *pm_heap_check(void) {
+static const char *heap_check_locked(void) {
     const char *problem = pm_arena_check(report, sizeof report);
     if (problem != NULL) return problem;
 
@@ -346,9 +495,22 @@ const char *pm_heap_check(void) {
     memset(&walk, 0, sizeof walk);
     pm_arena_for_each(check_arena, &walk);
     if (walk.failure == NULL) check_no_pool(&walk);
-    if (walk.failure == NULL) check_bypass_heap(&walk);
+    if (walk.failure == NULL) check_sentinel_heap(&walk, &pm_bypass_heap, "bypass");
+    if (walk.failure == NULL) check_sentinel_heap(&walk, &pm_unattached_heap, "unattached");
+    if (walk.failure == NULL) pm_for_each_heap(check_heap, &walk);
+    char what[32];
     for (unsigned c = 0; c < PM_NUM_CLASSES && walk.failure == NULL; c++) {
-        check_used_list(&walk, &pm_main_heap, c);
+        snprintf(what, sizeof what, "class %u used pools", c);
+        compare_census(&walk, &walk.used[c], &walk.listed_used[c], what);
     }
+    compare_census(&walk, &walk.full, &walk.listed_full, "thread heaps' full pools");
+    compare_census(&walk, &walk.stashed, &walk.listed_stashed, "thread heaps' stashed pools");
     return walk.failure;
+}
+
+const char *pm_heap_check(void) {
+    pm_heap_walk_lock();
+    const char *problem = heap_check_locked();
+    pm_heap_walk_unlock();
+    return problem;
 }

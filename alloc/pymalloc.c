@@ -37,23 +37,27 @@
 #include <string.h>
 
 #include "alloc/internal/domain.h"
+#include "alloc/internal/fatal.h"
 #include "alloc/internal/pymalloc.h"
 
 pm_pool pm_no_pool; /* free == NULL: an empty list's head looks full */
 
-pm_heap pm_main_heap = {.used = {[0 ... PM_NUM_CLASSES - 1] = &pm_no_pool}};
+#define ALL_LISTS_EMPTY {[0 ... PM_NUM_CLASSES - 1] = &pm_no_pool}
+
+pm_heap pm_main_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_MAIN};
 
 /* ---- used lists ---------------------------------------------------------------------- */
 
-static void heap_push_front(pm_heap *heap, pm_pool *pool) {
+void pm_heap_push_front(pm_heap *heap, pm_pool *pool) {
     pm_pool *head = heap->used[pool->size_class];
     pool->prev = NULL;
     pool->next = head == &pm_no_pool ? NULL : head;
     if (pool->next != NULL) pool->next->prev = pool;
     heap->used[pool->size_class] = pool;
+    heap->used_count[pool->size_class]++;
 }
 
-static void heap_unlink(pm_heap *heap, pm_pool *pool) {
+void pm_heap_unlink(pm_heap *heap, pm_pool *pool) {
     if (pool->prev != NULL) {
         pool->prev->next = pool->next;
     } else {
@@ -61,6 +65,7 @@ static void heap_unlink(pm_heap *heap, pm_pool *pool) {
     }
     if (pool->next != NULL) pool->next->prev = pool->prev;
     pool->next = pool->prev = NULL;
+    heap->used_count[pool->size_class]--;
 }
 
 /* ---- carving ------------------------------------------------------------------------- */
@@ -88,29 +93,46 @@ static bool pool_carve(pm_pool *pool) {
 
 static_assert(PM_POOL_BITS <= 15, "carve_offset can reach PM_POOL_SIZE, which must fit 16 bits");
 
+/* Gets an empty pool ready to serve `size_class`. An empty pool last used for the same class
+ * keeps its free list, which then holds every carved block; anything else starts carving
+ * afresh. */
+void pm_pool_prepare(pm_pool *pool, unsigned size_class) {
+    if (pool->size_class != size_class) {
+        pool->size_class = (uint16_t)size_class;
+        pool->carve_offset = (uint16_t)PM_POOL_HEADER_SIZE;
+        pool->free = NULL;
+        pool_carve(pool);
+    }
+}
+
+/* Pops the first block of `pool`, just put at the head of its heap's list. */
+void *pm_pool_pop_first(pm_pool *pool) {
+    pm_block *block = pool->free;
+    pool->free = block->next;
+    pool->used_state++;
+    if (pool->free == NULL) return pm_pymalloc_pool_exhausted(pool, block);
+    return block;
+}
+
 /* ---- routes -------------------------------------------------------------------------- */
 
-pm_heap pm_bypass_heap = {.used = {[0 ... PM_NUM_CLASSES - 1] = &pm_no_pool}};
+pm_heap pm_bypass_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SENTINEL};
+pm_heap pm_unattached_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SENTINEL};
 pm_map_leaf *const pm_bypass_map_root[PM_MAP_ROOT_LENGTH]; /* all NULL: owns nothing */
 
 pm_domain_route pm_domain_routes[PM_DOMAIN_COUNT] = {
-    [PM_DOMAIN_RAW] = {&pm_bypass_heap, pm_bypass_map_root}, /* raw has no pymalloc path */
-    [PM_DOMAIN_MEM] = {&pm_main_heap, pm_map_root},
-    [PM_DOMAIN_OBJ] = {&pm_main_heap, pm_map_root},
+    [PM_DOMAIN_RAW] = {pm_bypass_map_root}, /* raw has no pymalloc path */
+    [PM_DOMAIN_MEM] = {pm_map_root},
+    [PM_DOMAIN_OBJ] = {pm_map_root},
 };
-
-void pm_domain_route_update(pm_domain domain, const pm_allocator *installed) {
-    bool ours = installed == &pm_pymalloc_allocator && domain != PM_DOMAIN_RAW;
-    pm_domain_route *route = &pm_domain_routes[domain];
-    pm_atomic_store_ptr_relaxed(&route->heap, ours ? &pm_main_heap : &pm_bypass_heap);
-    pm_atomic_store_ptr_relaxed(&route->map_root, ours ? pm_map_root : pm_bypass_map_root);
-}
 
 /* Something other than pymalloc is installed in `route`'s domain: call it through the table,
  * applying CPython's size rule first as every entry point does. */
 static void *malloc_through_table(size_t nbytes, int route) {
     const pm_allocator *a = pm_domain_current((pm_domain)route);
-    if (a == &pm_pymalloc_allocator) return pm_pymalloc_malloc_inline(&pm_main_heap, nbytes, route);
+    if (a == &pm_pymalloc_allocator) {
+        return pm_pymalloc_malloc_inline(pm_own_heap(), nbytes, PM_ROUTE_PYMALLOC);
+    }
     if (nbytes > (size_t)PTRDIFF_MAX) return NULL;
     return a->malloc(a->ctx, nbytes);
 }
@@ -124,60 +146,95 @@ void *pm_pymalloc_pool_exhausted(pm_pool *pool, pm_block *block) {
     bool carvable = pool->carve_offset + pm_class_block_size(pool->size_class) <= PM_POOL_SIZE;
     if (carvable && pool_carve(pool)) return block;
     /* Full: off the list until a block comes back. */
-    pm_heap *heap = pool->owner;
+    pm_heap *heap = pm_pool_owner(pool); /* this thread's own heap: only it pops */
     pm_pool *next = pool->next;
     heap->used[pool->size_class] = next != NULL ? next : &pm_no_pool;
+    heap->used_count[pool->size_class]--;
     if (next != NULL) next->prev = NULL;
     pool->next = NULL;
     pool->used_state |= PM_POOL_FULL;
+    if (heap->kind == PM_HEAP_THREAD) pm_thread_cache_pool_full(heap, pool);
     return block;
 }
 
-static void *malloc_from_new_pool(pm_heap *heap, size_t size_class) {
+static void *malloc_from_new_pool(pm_heap *heap, unsigned size_class) {
     pm_pool *pool = pm_arena_take_pool();
     if (pool == NULL) return NULL;
-    pool->owner = heap;
-    if (pool->size_class != size_class) {
-        /* Never used, or last used for another class: start carving afresh. An empty pool
-         * of the same class keeps its free list, which then holds every carved block. */
-        pool->size_class = (uint16_t)size_class;
-        pool->carve_offset = (uint16_t)PM_POOL_HEADER_SIZE;
-        pool->free = NULL;
-        pool_carve(pool);
-    }
-    heap_push_front(heap, pool);
-    pm_block *block = pool->free;
-    pool->free = block->next;
-    pool->used_state++;
-    if (pool->free == NULL) return pm_pymalloc_pool_exhausted(pool, block);
-    return block;
+    pm_pool_set_owner(pool, heap);
+    pm_pool_prepare(pool, size_class);
+    pm_heap_push_front(heap, pool);
+    return pm_pool_pop_first(pool);
 }
 
 void *pm_pymalloc_malloc_slow(pm_heap *heap, size_t nbytes, int route) {
+    if (heap == &pm_unattached_heap) {
+        if (pm_thread_attach() == NULL) return NULL;
+        return pm_pymalloc_malloc_inline(pm_route_heap(route), nbytes, route);
+    }
     if (heap == &pm_bypass_heap) return malloc_through_table(nbytes, route);
     if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD) {
-        return malloc_from_new_pool(heap, pm_size_class(nbytes));
+        unsigned size_class = (unsigned)pm_size_class(nbytes);
+        if (heap->kind == PM_HEAP_THREAD) return pm_thread_cache_refill(heap, size_class);
+        return malloc_from_new_pool(heap, size_class);
     }
     void *p = pm_raw_malloc(nbytes); /* refuses sizes above PTRDIFF_MAX itself */
-    if (p != NULL) pm_counters.raw_allocated_blocks++;
+    if (p != NULL) pm_raw_blocks_add();
     return p;
 }
 
 /* free's fast path found used_state <= 0: the pool was full, or is now empty, or both (a
- * pool of one block). */
+ * pool of one block). The caller owns the pool: its thread, or the pool lock for the shared
+ * heap, or the GIL for the main heap. */
 void pm_pymalloc_free_slow(pm_pool *pool) {
+    pm_heap *heap = pm_pool_owner(pool);
     uint32_t state = pool->used_state;
-    if (state & PM_POOL_FULL) {
-        pool->used_state = state & ~PM_POOL_FULL;
-        if (pool->used_state == 0) {
-            pm_arena_return_pool(pool); /* full and now empty: it was on no list */
-            return;
+    bool was_full = (state & PM_POOL_FULL) != 0;
+    pool->used_state = state & ~PM_POOL_FULL;
+    bool empty = pool->used_state == 0;
+    switch (heap->kind) {
+    case PM_HEAP_THREAD:
+        if (empty) {
+            pm_thread_cache_pool_empty(heap, pool, was_full);
+        } else {
+            pm_thread_cache_pool_has_room(heap, pool);
         }
-        heap_push_front(pool->owner, pool); /* CPython puts it at the front too */
+        return;
+    case PM_HEAP_MAIN:
+    case PM_HEAP_SHARED:
+        if (was_full && empty) {
+            pm_arena_return_pool(pool); /* full and now empty: it was on no list */
+        } else if (was_full) {
+            pm_heap_push_front(heap, pool); /* CPython puts it at the front too */
+        } else {
+            pm_heap_unlink(heap, pool);
+            pm_arena_return_pool(pool);
+        }
+        return;
+    case PM_HEAP_SENTINEL:
+        break;
+    }
+    pm_fatal_error("pm_free", "a pool owned by a sentinel heap (heap corrupt)");
+}
+
+/* The block's pool belongs to another heap (or this thread has no heap yet). */
+void pm_pymalloc_free_other_heap(pm_pool *pool, void *p) {
+    pm_heap *own = pm_own_heap();
+    if (own == &pm_unattached_heap) {
+        own = pm_thread_attach();
+        if (own == NULL) pm_fatal_error("pm_free", "no memory left to attach the calling thread");
+    }
+    pm_heap *owner = pm_pool_owner(pool);
+    if (owner == own) {
+        pm_pool_free_block(pool, (pm_block *)p);
         return;
     }
-    heap_unlink(pool->owner, pool); /* empty */
-    pm_arena_return_pool(pool);
+    if (owner == NULL || owner->kind == PM_HEAP_SENTINEL) {
+        /* The pool is back in its arena: p was freed already, or never allocated. */
+        pm_fatal_error("pm_free", "the block's pool is not in use (double free?)");
+    }
+    pm_lifo_push(&owner->remote, (pm_lifo_node *)p);
+    uint64_t *sent = &own->counters.remote_frees;
+    pm_atomic_store_u64_relaxed(sent, pm_atomic_load_u64_relaxed(sent) + 1);
 }
 
 void pm_pymalloc_free_unowned(void *p, int route) {
@@ -195,9 +252,21 @@ void pm_pymalloc_free_unowned(void *p, int route) {
     }
     if (p == NULL) return;
     pm_raw_free(p);
-    /* A foreign block may predate pymalloc (allocated before the domain was switched to it);
-     * the count is of blocks pymalloc passed on, so it never goes below zero. */
-    if (pm_counters.raw_allocated_blocks > 0) pm_counters.raw_allocated_blocks--;
+    pm_raw_blocks_sub();
+}
+
+/* A foreign block may predate pymalloc (allocated before the domain was switched to it); the
+ * count is of blocks pymalloc passed on, so it never goes below zero. */
+void pm_raw_blocks_add(void) {
+    pm_atomic_faa_size(&pm_counters.raw_allocated_blocks, 1);
+}
+
+void pm_raw_blocks_sub(void) {
+    size_t *count = &pm_counters.raw_allocated_blocks;
+    for (size_t seen = pm_atomic_load_size_relaxed(count); seen > 0;
+         seen = pm_atomic_load_size_relaxed(count)) {
+        if (pm_atomic_cas_size(count, seen, seen - 1)) return;
+    }
 }
 
 /* ---- calloc and realloc -------------------------------------------------------------- */
@@ -207,18 +276,18 @@ void *pm_pymalloc_calloc(void *ctx, size_t nelem, size_t elsize) {
     if (elsize != 0 && nelem > (size_t)PTRDIFF_MAX / elsize) return NULL;
     size_t nbytes = nelem * elsize;
     if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD) {
-        void *p = pm_pymalloc_malloc_inline(&pm_main_heap, nbytes, PM_ROUTE_PYMALLOC);
+        void *p = pm_pymalloc_malloc_inline(pm_own_heap(), nbytes, PM_ROUTE_PYMALLOC);
         if (p != NULL) memset(p, 0, nbytes);
         return p;
     }
     void *p = pm_raw_calloc(nelem, elsize);
-    if (p != NULL) pm_counters.raw_allocated_blocks++;
+    if (p != NULL) pm_raw_blocks_add();
     return p;
 }
 
 void *pm_pymalloc_realloc(void *ctx, void *p, size_t nbytes) {
     (void)ctx;
-    if (p == NULL) return pm_pymalloc_malloc_inline(&pm_main_heap, nbytes, PM_ROUTE_PYMALLOC);
+    if (p == NULL) return pm_pymalloc_malloc_inline(pm_own_heap(), nbytes, PM_ROUTE_PYMALLOC);
     if (!pm_pymalloc_owns(p)) {
         /* Not ours (a large block, or one from before pymalloc was installed): it stays in
          * the raw domain whatever its new size, as in CPython. */
@@ -231,7 +300,7 @@ void *pm_pymalloc_realloc(void *ctx, void *p, size_t nbytes) {
         if (4 * nbytes > 3 * size) return p;
         keep = nbytes;
     }
-    void *q = pm_pymalloc_malloc_inline(&pm_main_heap, nbytes, PM_ROUTE_PYMALLOC);
+    void *q = pm_pymalloc_malloc_inline(pm_own_heap(), nbytes, PM_ROUTE_PYMALLOC);
     if (q == NULL) return NULL; /* p untouched and still valid */
     memcpy(q, p, keep);
     pm_pymalloc_free_inline(pm_map_root, p, PM_ROUTE_PYMALLOC);
@@ -242,7 +311,7 @@ void *pm_pymalloc_realloc(void *ctx, void *p, size_t nbytes) {
 
 static void *pymalloc_malloc(void *ctx, size_t nbytes) {
     (void)ctx;
-    return pm_pymalloc_malloc_inline(&pm_main_heap, nbytes, PM_ROUTE_PYMALLOC);
+    return pm_pymalloc_malloc_inline(pm_own_heap(), nbytes, PM_ROUTE_PYMALLOC);
 }
 
 static void pymalloc_free(void *ctx, void *p) {

@@ -21,7 +21,10 @@
  * free the blocks that were live when it was installed, which in practice means it wraps
  * the allocator it replaced (get, then set a wrapper that calls the saved one).
  *
- * The GIL contract is checked twice: at compile time, functions marked PM_GIL_REQUIRED are
+ * Threads: see pm_init() below for per-thread caches and free-threaded mode, in which mem
+ * and object need no GIL.
+ *
+ * The GIL contract (GIL mode) is checked twice: at compile time, functions marked PM_GIL_REQUIRED are
  * clang thread-safety requirements on the capability pm_gil (gil/gil.h), so a caller built
  * with -Wthread-safety must hold it (pm_gil_acquire(), or pm_gil_assert_held() where an
  * embedder's own GIL is installed with pm_gil_set_check()); at run time, the debug hooks
@@ -158,6 +161,50 @@ PM_API size_t pm_stats_json(char *buf, size_t size) PM_GIL_REQUIRED;
  * the heap is consistent, else a description of the first violation (valid until the next
  * call from the same thread). (GIL held.) */
 PM_API const char *pm_heap_check(void) PM_GIL_REQUIRED;
+
+/* ---- threads: GIL mode, thread caches, free-threaded mode --------------------------- *
+ * By default (GIL mode) the mem and object domains share one heap and the caller holds the
+ * GIL, as in CPython. pm_init() can instead give every thread a cache of pools of its own
+ * (alloc/thread_cache.c): its own blocks are allocated and freed without a lock or an
+ * atomic read-modify-write, blocks freed by other threads come back through a lock-free
+ * list, and the arenas and shared pools sit behind locks taken only when a cache needs or
+ * returns a pool. With free_threaded set, mem and object need no GIL at all. */
+typedef struct pm_config {
+    int free_threaded;  /* 1: mem/object callable from any thread without the GIL (implies
+                           thread caches); the debug hooks stop asking for the GIL */
+    int thread_caches;  /* 1: per-thread caches in GIL mode too */
+    /* Bounds on what a cache keeps besides its full pools (which hold only live blocks):
+     * non-full pools per size class (and empty pools in its stash), and bytes of such
+     * pools per thread and over all threads (each thread gets at most total / threads).
+     * Pools beyond them go to the shared lists, empty ones back to their arenas. */
+    size_t cache_pools_per_class;   /* default 8 */
+    size_t cache_bytes_per_thread;  /* default 1 MiB */
+    size_t cache_bytes_total;       /* default 64 MiB */
+} pm_config;
+
+/* Fills *config with GIL mode and the default bounds. */
+PM_API void pm_config_init(pm_config *config);
+
+/* Selects the mode. Only before the first mem or object call (the first one fixes the
+ * mode): returns 0, or -1 with errno = EBUSY after that, EINVAL for NULL or a bound that
+ * does not fit. May be called again until then; the last call wins. */
+PM_API int pm_init(const pm_config *config);
+
+/* The configuration in force (pm_config_init's defaults if pm_init never ran). */
+PM_API void pm_get_config(pm_config *out);
+PM_API int pm_is_free_threaded(void);
+
+/* Returns the calling thread's cache: its pools go to the shared lists (partly used or full)
+ * or their arenas (empty), and blocks other threads freed into them are applied first.
+ * Runs by itself at thread exit (a pthread key destructor); runtimes that manage threads
+ * themselves call it when a thread stops allocating. The thread may allocate again later
+ * (it gets a cache again). No-op for a thread that never allocated. */
+PM_API void pm_thread_detach(void);
+
+/* For callers built with -Wthread-safety: in free-threaded mode, states that the mem and
+ * object calls that follow need no GIL (the analysis then treats pm_gil as held). Aborts
+ * with a message if pm_init() did not select free-threaded mode. */
+PM_API void pm_assert_free_threaded(void) PM_ASSERT_CAPABILITY(pm_gil);
 
 /* ---- configuration by name ---------------------------------------------------------- *
  * Names as PYTHONMALLOC takes them, with CPython's meanings:

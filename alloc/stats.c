@@ -25,7 +25,8 @@
  * one level of leaves where CPython's has mid and bottom nodes). Lines CPython does not
  * print (the arena reserve) come last, after everything a CPython reader looks for.
  *
- * Contract: the GIL is held (nothing else mutates pymalloc meanwhile). Nothing here
+ * Contract: the GIL is held (nothing else mutates pymalloc meanwhile); with thread caches
+ * the walk locks are taken and other threads must be quiescent, as for pm_heap_check(). Nothing here
  * allocates from the mem or object domains: the snapshot lives on the stack and the text is
  * written straight to the FILE or the caller's buffer.
  */
@@ -58,6 +59,10 @@ typedef struct stats_snapshot {
     size_t header_bytes;       /* pools in use x PM_POOL_HEADER_SIZE */
     size_t quantization_bytes; /* per pool in use: the tail too small for another block */
     size_t alignment_bytes;    /* per arena: the part before its first aligned pool */
+    size_t stashed_pools;      /* empty pools held by thread caches (among unused_pools) */
+    /* Thread caches (all zero in GIL mode without caches). */
+    size_t heaps, threads_attached, cached_pools, thread_full_pools, shared_pools;
+    pm_heap_counters cache; /* summed over every heap */
 } stats_snapshot;
 
 static const pm_pool *pool_at(const pm_arena *arena, uint32_t index) {
@@ -73,6 +78,13 @@ static void snapshot_arena(const pm_arena *arena, void *arg) {
         const pm_pool *pool = pool_at(arena, i);
         /* Empty pools are unused pools; a class out of range is corruption that
          * pm_heap_check() reports, and counting it would index past the table. */
+        if (pm_pool_used(pool) == 0 && pm_pool_owner(pool) != NULL) {
+            /* Empty but in a thread's stash rather than its arena's free list: unused all
+             * the same, and counted with the unused pools so that the bytes still add up. */
+            s->stashed_pools++;
+            s->unused_pools++;
+            continue;
+        }
         if (pm_pool_used(pool) == 0 || pool->size_class >= PM_NUM_CLASSES) continue;
         size_t size = pm_class_block_size(pool->size_class);
         size_t capacity = pm_class_capacity(pool->size_class);
@@ -90,9 +102,42 @@ static void snapshot_arena(const pm_arena *arena, void *arg) {
     }
 }
 
+static void sum_counter(uint64_t *total, const uint64_t *counter) {
+    *total += pm_atomic_load_u64_relaxed(counter);
+}
+
+static void snapshot_heap(pm_heap *heap, void *arg) {
+    stats_snapshot *s = arg;
+    const pm_heap_counters *c = &heap->counters;
+    sum_counter(&s->cache.remote_frees, &c->remote_frees);
+    sum_counter(&s->cache.remote_received, &c->remote_received);
+    sum_counter(&s->cache.drains, &c->drains);
+    sum_counter(&s->cache.pools_adopted, &c->pools_adopted);
+    sum_counter(&s->cache.pools_given, &c->pools_given);
+    sum_counter(&s->cache.pools_from_arena, &c->pools_from_arena);
+    sum_counter(&s->cache.pools_to_arena, &c->pools_to_arena);
+    sum_counter(&s->cache.stash_hits, &c->stash_hits);
+    if (heap->kind == PM_HEAP_SHARED) {
+        for (unsigned k = 0; k < PM_NUM_CLASSES; k++) s->shared_pools += heap->used_count[k];
+    }
+    if (heap->kind != PM_HEAP_THREAD) return;
+    s->heaps++;
+    if (pm_atomic_load_int_relaxed(&heap->attached)) s->threads_attached++;
+    if (!pm_threading.caches) return;
+    s->cached_pools += heap->cached_pools - heap->stash_count;
+    for (const pm_pool *p = heap->full; p != NULL; p = p->next) s->thread_full_pools++;
+}
+
+/* Walks the arenas and heaps. The caller holds the GIL or, with thread caches, the walk
+ * locks, and other threads are quiescent (see pm_heap_check). */
 static void take_snapshot(stats_snapshot *s) {
     memset(s, 0, sizeof *s);
     pm_arena_for_each(snapshot_arena, s);
+    pm_for_each_heap(snapshot_heap, s);
+}
+
+static size_t raw_blocks(void) {
+    return pm_atomic_load_size_relaxed(&pm_counters.raw_allocated_blocks);
 }
 
 static size_t snapshot_total(const stats_snapshot *s) {
@@ -110,8 +155,10 @@ static size_t map_leaf_bytes(void) {
 
 size_t pm_allocated_blocks(void) {
     stats_snapshot s;
+    pm_heap_walk_lock();
     take_snapshot(&s);
-    return s.pool_blocks + pm_counters.raw_allocated_blocks;
+    pm_heap_walk_unlock();
+    return s.pool_blocks + raw_blocks();
 }
 
 /* ---- the text report ----------------------------------------------------------------- */
@@ -195,13 +242,38 @@ void pm_stats_print_unchecked(FILE *out) {
     print_value(out, "# arenas in reserve", reserve);
     print_value(out, "# bytes in arena reserve", reserve * PM_ARENA_SIZE);
     print_value(out, "# bytes arena reserve limit", pm_arena_reserve_limit());
+
+    /* pymalloc-mt only: the per-thread caches (pm_init). */
+    if (!pm_threading.caches) return;
+    fprintf(out, "\nthread caches (%s)\n",
+            pm_threading.free_threaded ? "free-threaded" : "GIL mode");
+    print_value(out, "# threads attached", s.threads_attached);
+    print_value(out, "# thread heaps", s.heaps);
+    print_value(out, "# pools cached (non-full)", s.cached_pools);
+    print_value(out, "# pools stashed (empty)", s.stashed_pools);
+    print_value(out, "# full pools in threads", s.thread_full_pools);
+    print_value(out, "# pools on shared lists", s.shared_pools);
+    print_value(out, "# remote frees sent", (size_t)s.cache.remote_frees);
+    print_value(out, "# remote frees applied", (size_t)s.cache.remote_received);
+    print_value(out, "# remote list drains", (size_t)s.cache.drains);
+    print_value(out, "# pools adopted from shared", (size_t)s.cache.pools_adopted);
+    print_value(out, "# pools given to shared", (size_t)s.cache.pools_given);
+    print_value(out, "# pools taken from arenas", (size_t)s.cache.pools_from_arena);
+    print_value(out, "# pools returned to arenas", (size_t)s.cache.pools_to_arena);
+    print_value(out, "# pools reused from stash", (size_t)s.cache.stash_hits);
 }
 
 void pm_print_stats(FILE *out) {
+    pm_heap_walk_lock();
     pm_stats_print_unchecked(out);
+    pm_heap_walk_unlock();
 }
 
+/* Runs inside malloc's slow path (under the pool lock with caches). In free-threaded mode
+ * other threads are not quiescent, so their pools cannot be read: the report waits for
+ * exit. */
 void pm_stats_print_on_new_arena(void) {
+    if (pm_threading.free_threaded) return;
     pm_stats_print_unchecked(stderr);
 }
 
@@ -238,7 +310,12 @@ __attribute__((format(printf, 2, 3))) static void json_append(json_writer *w, co
 size_t pm_stats_json(char *buf, size_t size) {
     if (buf == NULL && size != 0) return 0;
     stats_snapshot s;
+    pm_heap_walk_lock();
     take_snapshot(&s);
+    size_t reserve = pm_arena_reserve_count();
+    size_t reserve_limit = pm_arena_reserve_limit();
+    pm_pymalloc_counters counters = pm_counters;
+    pm_heap_walk_unlock();
     json_writer w = {.buf = buf, .size = size, .length = 0, .failed = false};
     if (size != 0) buf[0] = '\0';
 
@@ -259,8 +336,8 @@ size_t pm_stats_json(char *buf, size_t size) {
     json_append(&w,
                 "],\"arenas\":{\"allocated_total\":%zu,\"reclaimed\":%zu,\"highwater\":%zu,"
                 "\"current\":%zu,\"bytes\":%zu},",
-                pm_counters.arenas_allocated_total, pm_counters.arenas_reclaimed,
-                pm_counters.arenas_highwater, s.arenas, s.arenas * PM_ARENA_SIZE);
+                counters.arenas_allocated_total, counters.arenas_reclaimed,
+                counters.arenas_highwater, s.arenas, s.arenas * PM_ARENA_SIZE);
     json_append(&w,
                 "\"bytes\":{\"allocated_blocks\":%zu,\"available_blocks\":%zu,"
                 "\"unused_pools\":%zu,\"unused_pool_bytes\":%zu,\"pool_headers\":%zu,"
@@ -271,14 +348,28 @@ size_t pm_stats_json(char *buf, size_t size) {
     json_append(&w,
                 "\"arena_map\":{\"leaf_nodes\":%zu,\"root_bytes\":%zu,\"leaf_bytes\":%zu,"
                 "\"total\":%zu},",
-                pm_counters.map_leaf_nodes, map_root_bytes(), map_leaf_bytes(),
+                counters.map_leaf_nodes, map_root_bytes(), map_leaf_bytes(),
                 map_root_bytes() + map_leaf_bytes());
-    size_t reserve = pm_arena_reserve_count();
     json_append(&w,
                 "\"allocated_blocks\":%zu,\"raw_allocated_blocks\":%zu,"
-                "\"reserve\":{\"arenas\":%zu,\"bytes\":%zu,\"limit_bytes\":%zu}}",
-                s.pool_blocks + pm_counters.raw_allocated_blocks,
-                pm_counters.raw_allocated_blocks, reserve, reserve * PM_ARENA_SIZE,
-                pm_arena_reserve_limit());
+                "\"reserve\":{\"arenas\":%zu,\"bytes\":%zu,\"limit_bytes\":%zu},",
+                s.pool_blocks + raw_blocks(), raw_blocks(), reserve, reserve * PM_ARENA_SIZE,
+                reserve_limit);
+    json_append(&w,
+                "\"thread_caches\":{\"enabled\":%s,\"free_threaded\":%s,"
+                "\"threads_attached\":%zu,\"heaps\":%zu,\"cached_pools\":%zu,"
+                "\"stashed_pools\":%zu,\"thread_full_pools\":%zu,\"shared_pools\":%zu,",
+                pm_threading.caches ? "true" : "false",
+                pm_threading.free_threaded ? "true" : "false", s.threads_attached, s.heaps,
+                s.cached_pools, s.stashed_pools, s.thread_full_pools, s.shared_pools);
+    json_append(&w,
+                "\"remote_frees\":%llu,\"remote_applied\":%llu,\"drains\":%llu,"
+                "\"pools_adopted\":%llu,\"pools_given\":%llu,\"pools_from_arena\":%llu,"
+                "\"pools_to_arena\":%llu,\"stash_hits\":%llu}}",
+                (unsigned long long)s.cache.remote_frees,
+                (unsigned long long)s.cache.remote_received, (unsigned long long)s.cache.drains,
+                (unsigned long long)s.cache.pools_adopted, (unsigned long long)s.cache.pools_given,
+                (unsigned long long)s.cache.pools_from_arena,
+                (unsigned long long)s.cache.pools_to_arena, (unsigned long long)s.cache.stash_hits);
     return w.failed ? 0 : w.length;
 }

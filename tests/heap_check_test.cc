@@ -384,7 +384,7 @@ TEST_F(HeapCheckTest, DetectsAUsedPoolMissingFromItsList) {
     ASSERT_EQ(pm_main_heap.used[9], pool);
     pm_main_heap.used[9] = &pm_no_pool;
     EXPECT_TRUE(ReportsProblem(pm_heap_check(),
-                               "class 9: 0 pools on the used list but 1 used pools in the arenas"));
+                               "class 9 used pools: 0 pools on the lists but 1 such pools in the arenas"));
     pm_main_heap.used[9] = pool;
 }
 
@@ -410,7 +410,7 @@ TEST_F(HeapCheckTest, DetectsACycleInAUsedList) {
     pm_pool *pool = UsedPool(9);
     ASSERT_EQ(pool->next, nullptr) << "expected the only used pool of class 9";
     pool->next = pool;
-    EXPECT_TRUE(ReportsProblem(pm_heap_check(), "used list longer than the 1 used pools"));
+    EXPECT_TRUE(ReportsProblem(pm_heap_check(), "class 9: used lists longer than the 1 used pools"));
     pool->next = nullptr;
 }
 
@@ -456,7 +456,7 @@ TEST_F(HeapCheckTest, DetectsAnImpostorPoolOnAUsedList) {
     memcpy(impostor, pool, sizeof *impostor);  // same class, counts, owner, links
     pm_main_heap.used[9] = impostor;
     EXPECT_TRUE(ReportsProblem(pm_heap_check(),
-                               "class 9: the used list holds a pool that is not a used pool"));
+                               "class 9 used pools: the lists hold a pool that is not such a pool of the arenas"));
     pm_main_heap.used[9] = pool;
     memcpy(impostor, &saved, sizeof saved);
 }

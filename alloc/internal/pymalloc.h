@@ -22,13 +22,16 @@
  * unlinking the pool and setting the flag) when it takes the last free block; free finds
  * "was full" or "now empty" in one test of used_state.
  *
- * Ownership. Every pool names its owner heap. With the GIL there is one heap; the
- * per-thread caches give each thread its own heap, and the pool header is where a block
- * finds the heap to go back to.
+ * Ownership. Every pool names its owner heap: the heap whose thread may pop and push its
+ * free list without a lock. In GIL mode that is pm_main_heap for every pool; with per-thread
+ * caches (alloc/thread_cache.c) each thread has a heap of its own, the shared heap holds the
+ * pools no thread owns, and a pool in its arena's free list has no owner (NULL).
  *
  * Locking: in GIL mode everything here is protected by the GIL (callers of the mem and
- * object domains hold it). The arena map is the exception: it is read without the GIL by
- * pm_pymalloc_owns(), so its entries are atomics (see alloc/arena.c).
+ * object domains hold it). With per-thread caches a heap's lists and its pools' free lists
+ * and counts belong to the heap's thread alone; the arenas, the shared heap and the registry
+ * of heaps are behind the locks of alloc/thread_cache.c. The arena map and pool->owner are
+ * read by threads that hold none of those, so they are accessed with atomics.
  */
 #ifndef PM_ALLOC_INTERNAL_PYMALLOC_H
 #define PM_ALLOC_INTERNAL_PYMALLOC_H
@@ -127,15 +130,59 @@ static inline uint32_t pm_class_capacity(unsigned size_class) {
     return (uint32_t)((PM_POOL_SIZE - PM_POOL_HEADER_SIZE) / pm_class_block_size(size_class));
 }
 
+/* Per-heap counters for the statistics. Each is written by one thread at a time (the heap's
+ * owner, or the holder of the pool lock for the shared heap) with a relaxed load and store,
+ * and read by anyone with relaxed loads. */
+typedef struct pm_heap_counters {
+    uint64_t remote_frees;    /* blocks this heap's thread freed into another heap's pool */
+    uint64_t remote_received; /* blocks other threads freed into this heap's pools, applied */
+    uint64_t drains;          /* times the remote-free list was taken */
+    uint64_t pools_adopted;   /* partly used pools taken from the shared heap */
+    uint64_t pools_given;     /* partly used or full pools given to the shared heap */
+    uint64_t pools_from_arena;
+    uint64_t pools_to_arena;
+    uint64_t stash_hits;      /* empty pools reused from this heap's stash */
+} pm_heap_counters;
+
+typedef enum pm_heap_kind {
+    PM_HEAP_MAIN,     /* pm_main_heap: every pool in GIL mode without caches */
+    PM_HEAP_SHARED,   /* pm_shared_heap: pools no thread owns (thread caches on) */
+    PM_HEAP_THREAD,   /* one per attached thread; recycled after the thread detaches */
+    PM_HEAP_SENTINEL, /* pm_bypass_heap, pm_unattached_heap: own nothing, ever */
+} pm_heap_kind;
+
 /* A heap: the used-pool lists, one per size class, that malloc draws from. An empty list's
  * head is &pm_no_pool, whose free pointer is NULL, so the fast path needs no separate
- * "is the list empty?" test: an empty list looks like a full pool and takes the slow path. */
+ * "is the list empty?" test: an empty list looks like a full pool and takes the slow path.
+ * Only used[] is read by the fast paths; everything after it belongs to the slow paths. */
 typedef struct pm_heap {
     pm_pool *used[PM_NUM_CLASSES];
+    pm_heap_kind kind;
+    int attached;                        /* a thread uses it (PM_HEAP_THREAD only) */
+    uint32_t used_count[PM_NUM_CLASSES]; /* pools on used[c] */
+    uint32_t cached_pools;               /* sum of used_count + stash_count */
+    pm_pool *full;                       /* full pools (thread heaps only), via next/prev */
+    pm_pool *stash;                      /* empty pools kept for reuse, via next */
+    uint32_t stash_count;
+    struct pm_heap *registry_next;       /* every thread heap ever made (never freed) */
+    struct pm_heap **slots;              /* the attached thread's pm_thread_heaps */
+    pm_heap_counters counters;
+    /* Blocks freed by other threads into this heap's pools, taken by the owner in batches.
+     * On a cache line of its own: other threads write it while the owner reads used[]. */
+    pm_lifo remote __attribute__((aligned(64)));
+    char remote_line_pad[64 - sizeof(pm_lifo)];
 } pm_heap;
 
 extern pm_pool pm_no_pool;
 extern pm_heap pm_main_heap;
+
+static inline pm_heap *pm_pool_owner(const pm_pool *pool) {
+    return (pm_heap *)pm_atomic_load_ptr_acquire(&pool->owner);
+}
+
+static inline void pm_pool_set_owner(pm_pool *pool, pm_heap *owner) {
+    pm_atomic_store_ptr_release(&pool->owner, owner);
+}
 
 /* The installed arena allocator, recorded per arena so that each arena is given back to
  * the allocator that made it, even if pm_set_arena_allocator() ran in between. */
@@ -153,13 +200,14 @@ typedef struct pm_arena {
     struct pm_arena *all_next; /* every descriptor ever made, for walks */
 } pm_arena;
 
-/* pymalloc's counters, CPython's names. Protected by the GIL. */
+/* pymalloc's counters, CPython's names. Protected by the GIL (with thread caches, by the pool
+ * lock), except raw_allocated_blocks, which is updated atomically. */
 typedef struct pm_pymalloc_counters {
     size_t arenas_allocated_total;
     size_t arenas_reclaimed;
     size_t arenas_highwater;
     size_t arenas_current;
-    size_t raw_allocated_blocks; /* live blocks pymalloc passed to the raw domain */
+    size_t raw_allocated_blocks; /* live blocks pymalloc passed to the raw domain (atomic) */
     size_t map_leaf_nodes;       /* arena map leaves allocated (never freed) */
 } pm_pymalloc_counters;
 
@@ -217,7 +265,8 @@ static inline pm_pool *pm_pool_of(const void *p) {
     return (pm_pool *)((uintptr_t)p & ~(uintptr_t)PM_POOL_MASK);
 }
 
-/* ---- arenas (alloc/arena.c) ---------------------------------------------------------- */
+/* ---- arenas (alloc/arena.c) ---------------------------------------------------------- *
+ * Callers hold the GIL, or with thread caches the pool lock (alloc/thread_cache.c). */
 
 /* An empty pool for a heap, from the busiest arena that has one; NULL when the arena
  * allocator fails (the heap is then unchanged). */
@@ -238,32 +287,64 @@ size_t pm_arena_reserve_limit(void);
 extern const pm_allocator pm_pymalloc_allocator;
 
 /* Routes: how the mem and object entry points know, without comparing tables, that pymalloc
- * is what the domain has installed. While it is, the domain's route holds the real heap and
- * arena map; while anything else is installed (a hook, "malloc"), it holds stand-ins that
- * never match: the bypass heap's lists all look full and the bypass map owns nothing. Every
- * call then leaves the fast path, and the slow path dispatches through the table. The
- * "is a hook installed?" test thus costs nothing: it is folded into loads the fast paths
- * make anyway. pm_set_allocator() keeps each route in step with its table. */
+ * is what the domain has installed, and which heap serves the calling thread.
+ *
+ *   pm_thread_heaps[PM_DOMAIN_MEM/OBJ]  (per thread) the heap malloc pops from: the thread's
+ *                                       heap while pymalloc is installed in the domain,
+ *                                       pm_bypass_heap while anything else is
+ *   pm_thread_heaps[PM_ROUTE_PYMALLOC]  (per thread) the thread's own heap, whatever is
+ *                                       installed: pymalloc's record and free's owner test
+ *   pm_domain_routes[d].map_root        (global) the arena map while pymalloc is installed,
+ *                                       a stand-in that owns nothing while it is not
+ *
+ * The stand-ins never match: the bypass heap's lists all look full and the bypass map owns
+ * nothing, so every call leaves the fast path and the slow path dispatches through the
+ * table. The "is a hook installed?" test thus costs nothing: it is folded into loads the
+ * fast paths make anyway. pm_set_allocator() keeps the routes of every thread in step with
+ * the table (alloc/thread_cache.c walks the registered threads). A thread that has not
+ * called yet starts on pm_unattached_heap, another all-full stand-in, and attaches in the
+ * slow path. Other threads write a thread's mem/obj slots, so those are read with atomics;
+ * the own-heap slot is written only by its thread. */
 typedef struct pm_domain_route {
-    pm_heap *heap;
     pm_map_leaf *const *map_root;
 } pm_domain_route;
 
 extern pm_domain_route pm_domain_routes[PM_DOMAIN_COUNT];
 extern pm_heap pm_bypass_heap;
+extern pm_heap pm_unattached_heap;
 extern pm_map_leaf *const pm_bypass_map_root[PM_MAP_ROOT_LENGTH];
+
+/* `route` names the caller: PM_DOMAIN_MEM or PM_DOMAIN_OBJ for the public entry points, or
+ * PM_ROUTE_PYMALLOC for pymalloc's own record (called through a table, e.g. by a hook).
+ * The raw domain never reaches pymalloc, so its slot holds the thread's own heap. */
+#define PM_ROUTE_PYMALLOC PM_DOMAIN_RAW
+
+extern __thread pm_heap *pm_thread_heaps[PM_DOMAIN_COUNT]
+    __attribute__((tls_model("initial-exec"), visibility("hidden")));
+
+static inline pm_heap *pm_route_heap(int route) {
+    return (pm_heap *)pm_atomic_load_ptr_relaxed(&pm_thread_heaps[route]);
+}
+
+/* The calling thread's own heap (pm_unattached_heap until its first call). */
+static inline pm_heap *pm_own_heap(void) {
+    return pm_thread_heaps[PM_ROUTE_PYMALLOC];
+}
 
 /* Called by pm_set_allocator() after it installs `installed` in a mem or object domain. */
 void pm_domain_route_update(pm_domain domain, const pm_allocator *installed);
-
-/* `route` names the caller: PM_DOMAIN_MEM or PM_DOMAIN_OBJ for the public entry points, or
- * PM_ROUTE_PYMALLOC for pymalloc's own record (called through a table, e.g. by a hook). */
-#define PM_ROUTE_PYMALLOC (-1)
 
 void *pm_pymalloc_malloc_slow(pm_heap *heap, size_t nbytes, int route);
 void *pm_pymalloc_pool_exhausted(pm_pool *pool, pm_block *block);
 void pm_pymalloc_free_slow(pm_pool *pool);
 void pm_pymalloc_free_unowned(void *p, int route);
+void pm_pymalloc_free_other_heap(pm_pool *pool, void *p);
+
+/* Pool helpers shared with alloc/thread_cache.c. */
+void pm_pool_prepare(pm_pool *pool, unsigned size_class);
+void *pm_pool_pop_first(pm_pool *pool);
+void pm_heap_push_front(pm_heap *heap, pm_pool *pool);
+void pm_heap_unlink(pm_heap *heap, pm_pool *pool);
 
 void *pm_pymalloc_calloc(void *ctx, size_t nelem, size_t elsize);
 void *pm_pymalloc_realloc(void *ctx, void *p, size_t nbytes);
@@ -278,8 +359,8 @@ void pm_stats_print_unchecked(FILE *out);
 
 /* malloc's fast path: pop the first free block of the class's first used pool. The only
  * test that leaves it is "no free block", which also covers an empty list (&pm_no_pool), the
- * bypass heap, and sizes pymalloc does not serve. The exhausted-pool exit is a tail call,
- * so the function needs no stack frame. */
+ * bypass and unattached heaps, and sizes pymalloc does not serve. The exhausted-pool exit is
+ * a tail call, so the function needs no stack frame. */
 static inline void *pm_pymalloc_malloc_inline(pm_heap *heap, size_t nbytes, int route) {
     if (__builtin_expect(nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD, 1)) {
         pm_pool *pool = heap->used[pm_size_class(nbytes)];
@@ -295,18 +376,75 @@ static inline void *pm_pymalloc_malloc_inline(pm_heap *heap, size_t nbytes, int 
     return pm_pymalloc_malloc_slow(heap, nbytes, route);
 }
 
-/* free's fast path: the map says whether p is ours, then p goes on its pool's free list. */
+/* Pushes a block onto a pool this thread owns (or, for the shared heap, holds the pool lock
+ * for); the slow path handles "was full" and "is now empty". */
+static inline void pm_pool_free_block(pm_pool *pool, pm_block *block) {
+    block->next = pool->free;
+    pool->free = block;
+    if (__builtin_expect((int32_t)--pool->used_state <= 0, 0)) pm_pymalloc_free_slow(pool);
+}
+
+/* free's fast path: the map says whether p is ours; a block of a pool this thread owns goes
+ * on the pool's free list; one of another heap's pool goes to that heap's remote list. */
 static inline void pm_pymalloc_free_inline(pm_map_leaf *const *map_root, void *p, int route) {
     if (__builtin_expect(!pm_map_owns(map_root, p), 0)) {
         pm_pymalloc_free_unowned(p, route);
         return;
     }
     pm_pool *pool = pm_pool_of(p);
-    pm_block *block = (pm_block *)p;
-    block->next = pool->free;
-    pool->free = block;
-    if (__builtin_expect((int32_t)--pool->used_state <= 0, 0)) pm_pymalloc_free_slow(pool);
+    if (__builtin_expect(pm_pool_owner(pool) != pm_own_heap(), 0)) {
+        pm_pymalloc_free_other_heap(pool, p);
+        return;
+    }
+    pm_pool_free_block(pool, (pm_block *)p);
 }
+
+/* ---- per-thread caches (alloc/thread_cache.c) ---------------------------------------- */
+
+/* Read-only after pm_init() (which may run only before the first mem/object call). */
+typedef struct pm_threading_state {
+    bool caches;        /* each thread has a heap; the pool and registry locks are used */
+    bool free_threaded; /* mem/object need no GIL; the debug hooks do not ask for it */
+    size_t pools_per_class, bytes_per_thread, bytes_total;
+} pm_threading_state;
+
+extern pm_threading_state pm_threading;
+extern pm_heap pm_shared_heap;
+/* Every thread heap ever made, linked through registry_next (read with acquire). */
+extern pm_heap *pm_thread_heaps_registry;
+
+/* Gives the calling thread its heap and routes. Returns the heap (pm_main_heap in GIL mode
+ * without caches), or NULL when no memory is left for a heap (the thread stays unattached
+ * and its calls fail cleanly). */
+pm_heap *pm_thread_attach(void);
+
+/* A thread heap's malloc found class `size_class` empty: fill it from the heap's remote
+ * frees, its stash, the shared heap or the arenas. Returns a block or NULL. */
+void *pm_thread_cache_refill(pm_heap *heap, unsigned size_class);
+/* The slow-path transitions of a thread heap's pools (pymalloc.c calls these). */
+void pm_thread_cache_pool_full(pm_heap *heap, pm_pool *pool);
+void pm_thread_cache_pool_has_room(pm_heap *heap, pm_pool *pool); /* was full */
+void pm_thread_cache_pool_empty(pm_heap *heap, pm_pool *pool, bool was_full);
+/* The shared heap's pool, or a pool in flight, under the pool lock. */
+void pm_shared_free_block(pm_pool *pool, pm_block *block);
+
+/* Visits every heap that can own pools: main, shared and each thread heap. Quiescence is
+ * the caller's business (heap check, statistics). */
+void pm_for_each_heap(void (*fn)(pm_heap *heap, void *arg), void *arg);
+
+/* The pool lock: the arenas and the shared heap. A no-op in GIL mode without caches, where
+ * the GIL protects them. */
+void pm_pool_lock(void);
+void pm_pool_unlock(void);
+
+/* Locks for walks of the whole heap (heap check, statistics): the registry, then the pool
+ * lock. No-ops in GIL mode without caches. */
+void pm_heap_walk_lock(void);
+void pm_heap_walk_unlock(void);
+
+/* Atomic raw-block count (pymalloc's blocks passed to the raw domain). */
+void pm_raw_blocks_add(void);
+void pm_raw_blocks_sub(void);
 
 #ifdef __cplusplus
 }
