@@ -72,7 +72,7 @@ void pm_heap_unlink(pm_heap *heap, pm_pool *pool) {
 
 /* Links the uncarved blocks that start in the OS page of the next uncarved one. The pool's
  * free list must be empty. Returns false when the pool has nothing left to carve. */
-static bool pool_carve(pm_pool *pool) {
+bool pm_pool_carve(pm_pool *pool) {
     size_t size = pm_class_block_size(pool->size_class);
     size_t offset = pool->carve_offset;
     if (offset + size > PM_POOL_SIZE) return false;
@@ -101,7 +101,7 @@ void pm_pool_prepare(pm_pool *pool, unsigned size_class) {
         pool->size_class = (uint16_t)size_class;
         pool->carve_offset = (uint16_t)PM_POOL_HEADER_SIZE;
         pool->free = NULL;
-        pool_carve(pool);
+        pm_pool_carve(pool);
     }
 }
 
@@ -144,7 +144,7 @@ static void *malloc_through_table(size_t nbytes, int route) {
 void *pm_pymalloc_pool_exhausted(pm_pool *pool, pm_block *block) {
     /* In steady state most exhausted pools are fully carved: test that before calling. */
     bool carvable = pool->carve_offset + pm_class_block_size(pool->size_class) <= PM_POOL_SIZE;
-    if (carvable && pool_carve(pool)) return block;
+    if (carvable && pm_pool_carve(pool)) return block;
     /* Full: off the list until a block comes back. */
     pm_heap *heap = pm_pool_owner(pool); /* this thread's own heap: only it pops */
     pm_pool *next = pool->next;

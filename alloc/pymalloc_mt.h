@@ -201,6 +201,13 @@ PM_API int pm_is_free_threaded(void);
  * (it gets a cache again). No-op for a thread that never allocated. */
 PM_API void pm_thread_detach(void);
 
+/* Applies the blocks other threads freed and that are still waiting on remote-free lists:
+ * the calling thread's own, the shared pools' and those of exited threads. A cache applies
+ * its own list whenever it runs out of a size class, so this is for quiet points (a
+ * runtime's GC, before statistics); it takes the pool lock. No-op in GIL mode without
+ * caches, which has no remote frees. */
+PM_API void pm_collect(void);
+
 /* For callers built with -Wthread-safety: in free-threaded mode, states that the mem and
  * object calls that follow need no GIL (the analysis then treats pm_gil as held). Aborts
  * with a message if pm_init() did not select free-threaded mode. */

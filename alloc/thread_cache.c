@@ -426,6 +426,18 @@ void pm_thread_cache_pool_empty(pm_heap *heap, pm_pool *pool, bool was_full) {
     counter_add(&heap->counters.pools_to_arena, 1);
 }
 
+void pm_collect(void) {
+    if (!pm_threading.caches) return;
+    pm_heap *own = pm_own_heap();
+    bool attached = own != &pm_unattached_heap;
+    if (attached && !pm_lifo_is_empty(&own->remote)) drain_own(own);
+    pm_pool_lock();
+    drain_unowned_lists();
+    pm_pool_unlock();
+    /* The shared heap's drain may have forwarded blocks of our pools to us. */
+    if (attached && !pm_lifo_is_empty(&own->remote)) drain_own(own);
+}
+
 /* ---- detach -------------------------------------------------------------------------- */
 
 /* Pool lock held. Empties every list of `heap`: partly used and full pools to the shared
@@ -521,6 +533,9 @@ static void recount_pool(pm_pool *pool) {
     pool->carve_offset = (uint16_t)carved_end;
     uint32_t carved = (uint32_t)((carved_end - PM_POOL_HEADER_SIZE) / size);
     uint32_t used = carved - listed;
+    /* Caught between taking its last free block and carving more: carve now, as malloc
+     * would have, so that "no free block" again means "full". */
+    if (pool->free == NULL) pm_pool_carve(pool);
     pool->used_state = used | (pool->free == NULL && used > 0 ? PM_POOL_FULL : 0);
     pool->next = pool->prev = NULL;
 }

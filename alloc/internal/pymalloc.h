@@ -342,6 +342,7 @@ void pm_pymalloc_free_other_heap(pm_pool *pool, void *p);
 
 /* Pool helpers shared with alloc/thread_cache.c. */
 void pm_pool_prepare(pm_pool *pool, unsigned size_class);
+bool pm_pool_carve(pm_pool *pool); /* free list empty: carve the next page's blocks */
 void *pm_pool_pop_first(pm_pool *pool);
 void pm_heap_push_front(pm_heap *heap, pm_pool *pool);
 void pm_heap_unlink(pm_heap *heap, pm_pool *pool);
