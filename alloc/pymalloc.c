@@ -166,7 +166,7 @@ static void *malloc_from_new_pool(pm_heap *heap, unsigned size_class) {
     return pm_pool_pop_first(pool);
 }
 
-void *pm_pymalloc_malloc_slow(pm_heap *heap, size_t nbytes, int route) {
+void *pm_pymalloc_malloc_slow(size_t nbytes, pm_heap *heap, int route) {
     if (heap == &pm_unattached_heap) {
         if (pm_thread_attach() == NULL) return NULL;
         return pm_pymalloc_malloc_inline(pm_route_heap(route), nbytes, route);

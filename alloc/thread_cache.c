@@ -55,7 +55,7 @@
 
 pm_heap pm_shared_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SHARED};
 
-__thread pm_heap *pm_thread_heaps[PM_DOMAIN_COUNT] = {
+__thread pm_heap *pm_thread_heaps[PM_DOMAIN_COUNT] __attribute__((tls_model(PM_TLS_MODEL))) = {
     &pm_unattached_heap, &pm_unattached_heap, &pm_unattached_heap};
 
 enum {

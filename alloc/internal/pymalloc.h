@@ -319,8 +319,18 @@ extern pm_map_leaf *const pm_bypass_map_root[PM_MAP_ROOT_LENGTH];
  * The raw domain never reaches pymalloc, so its slot holds the thread's own heap. */
 #define PM_ROUTE_PYMALLOC PM_DOMAIN_RAW
 
+/* TLS access model: in an executable (non-PIC or PIE code) local-exec, one %fs-relative
+ * instruction; in a shared library initial-exec, which adds a GOT load (and still works for
+ * a library loaded at start-up, or dlopen'ed while glibc's static TLS surplus lasts). Bazel
+ * builds the two kinds of objects separately, so each gets its own. */
+#if defined(__PIE__) || !defined(__PIC__)
+#define PM_TLS_MODEL "local-exec"
+#else
+#define PM_TLS_MODEL "initial-exec"
+#endif
+
 extern __thread pm_heap *pm_thread_heaps[PM_DOMAIN_COUNT]
-    __attribute__((tls_model("initial-exec"), visibility("hidden")));
+    __attribute__((tls_model(PM_TLS_MODEL), visibility("hidden")));
 
 static inline pm_heap *pm_route_heap(int route) {
     return (pm_heap *)pm_atomic_load_ptr_relaxed(&pm_thread_heaps[route]);
@@ -334,7 +344,9 @@ static inline pm_heap *pm_own_heap(void) {
 /* Called by pm_set_allocator() after it installs `installed` in a mem or object domain. */
 void pm_domain_route_update(pm_domain domain, const pm_allocator *installed);
 
-void *pm_pymalloc_malloc_slow(pm_heap *heap, size_t nbytes, int route);
+/* nbytes first: it arrives in the first argument register and stays there for the tail
+ * call, so the fast path moves nothing. */
+void *pm_pymalloc_malloc_slow(size_t nbytes, pm_heap *heap, int route);
 void *pm_pymalloc_pool_exhausted(pm_pool *pool, pm_block *block);
 void pm_pymalloc_free_slow(pm_pool *pool);
 void pm_pymalloc_free_unowned(void *p, int route);
@@ -374,7 +386,21 @@ static inline void *pm_pymalloc_malloc_inline(pm_heap *heap, size_t nbytes, int 
             return block;
         }
     }
-    return pm_pymalloc_malloc_slow(heap, nbytes, route);
+    return pm_pymalloc_malloc_slow(nbytes, heap, route);
+}
+
+/* Decrements used_state; true when the result is <= 0 as a signed number (the pool was full
+ * or is now empty). On x86-64 one `subl $1, mem` whose flags feed the branch: gcc otherwise
+ * loads, subtracts, stores and tests (two instructions more on every free). Under TSan the
+ * plain C form is kept, so that the sanitizer still sees every access to the count. */
+static inline bool pm_pool_release_one(pm_pool *pool) {
+#if defined(__x86_64__) && defined(__GCC_ASM_FLAG_OUTPUTS__) && !PM_TSAN
+    bool now_le_zero;
+    __asm__("subl $1, %0" : "+m"(pool->used_state), "=@ccle"(now_le_zero));
+    return now_le_zero;
+#else
+    return (int32_t)--pool->used_state <= 0;
+#endif
 }
 
 /* Pushes a block onto a pool this thread owns (or, for the shared heap, holds the pool lock
@@ -382,7 +408,7 @@ static inline void *pm_pymalloc_malloc_inline(pm_heap *heap, size_t nbytes, int 
 static inline void pm_pool_free_block(pm_pool *pool, pm_block *block) {
     block->next = pool->free;
     pool->free = block;
-    if (__builtin_expect((int32_t)--pool->used_state <= 0, 0)) pm_pymalloc_free_slow(pool);
+    if (__builtin_expect(pm_pool_release_one(pool), 0)) pm_pymalloc_free_slow(pool);
 }
 
 /* free's fast path: the map says whether p is ours; a block of a pool this thread owns goes
