@@ -53,6 +53,8 @@ def run_regrtest(label, interpreter, modules, jobs, extra_env, workdir):
     command = [interpreter, "-m", "test", "--junit-xml", junit, "-j", str(jobs),
                "--timeout", "900"] + modules
     env = dict(os.environ, **extra_env)
+    if "TEST_TMPDIR" in os.environ:  # under bazel test: keep regrtest's scratch inside it
+        env["TMPDIR"] = os.environ["TEST_TMPDIR"]
     start = time.monotonic()
     with open(log, "w") as out:
         status = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -89,7 +91,9 @@ def main():
         extra_env[name] = value
     launcher = os.path.abspath(args.launcher)
 
-    workdir = tempfile.mkdtemp(prefix="regrtest_compare_")
+    # Under bazel test the logs and XML land in the test's undeclared outputs (outputs.zip).
+    workdir = os.environ.get("TEST_UNDECLARED_OUTPUTS_DIR") or tempfile.mkdtemp(
+        prefix="regrtest_compare_")
     print("modules: %s" % (" ".join(args.modules) or "all"))
     if extra_env:
         print("environment: %s" % " ".join("%s=%s" % kv for kv in sorted(extra_env.items())))
