@@ -10,6 +10,8 @@
  *
  *   PMPYTHON_ALLOCATOR   raw            mem            obj            PYTHONMALLOC
  *   pymalloc-mt (unset)  pm_raw_*       pm_mem_*       pm_obj_*       pymalloc-mt's, by name
+ *   pymalloc-mt-cached   the same, with per-thread caches (GIL mode)   pymalloc-mt's
+ *   pymalloc-mt-free     the same, free-threaded mode (no GIL needed)  pymalloc-mt's
  *   stock                CPython's own, nothing installed              CPython's own
  *   malloc               glibc          glibc          glibc          *_debug: CPython's hooks
  *   mimalloc             mi_malloc...   mi_malloc...   mi_malloc...   on top; base name ignored
@@ -70,8 +72,10 @@
  * GLIBC_TUNABLES=glibc.rtld.optional_static_tls=16384 added (the variable stays set, so
  * children started with sys.executable need no second exec).
  *
- * Future: free-threaded pymalloc-mt. configure_pymalloc_mt() is the one place that sets
- * the library up before its wrappers are installed.
+ * Thread caches and free-threaded mode (pm_init) are chosen in configure_pymalloc_mt(),
+ * before the first allocation. CPython still serialises its own calls with its GIL, so
+ * free-threaded mode changes what pymalloc-mt does, not what CPython does: the caches are
+ * per thread and the debug hooks stop asking for the GIL.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -161,7 +165,15 @@ static void obj_free(void *ctx, void *ptr) {
 
 /* Sets pymalloc-mt up as CPython resolved PYTHONMALLOC (`name` is one of CPython's four
  * names), with CPython's GIL and fatal-error reporting. Returns 0, or -1 after a message. */
-static int configure_pymalloc_mt(const char *name) {
+static int configure_pymalloc_mt(const char *name, int thread_caches, int free_threaded) {
+    pm_config config;
+    pm_config_init(&config);
+    config.thread_caches = thread_caches;
+    config.free_threaded = free_threaded;
+    if (pm_init(&config) != 0) {
+        fprintf(stderr, "pmpython: pm_init: %s\n", strerror(errno));
+        return -1;
+    }
     pm_gil_set_check(PyGILState_Check);
     pm_set_fatal_handler(_Py_FatalErrorFunc);
     /* Not initialised yet: one thread, and PyGILState_Check() answers 1 (design note). */
@@ -277,6 +289,8 @@ static void install_peer(peer_allocator *peer, bool debug_hooks) {
 
 typedef enum launcher_allocator {
     USE_PYMALLOC_MT,
+    USE_PYMALLOC_MT_CACHED,
+    USE_PYMALLOC_MT_FREE,
     USE_STOCK,
     USE_GLIBC,
     USE_MIMALLOC,
@@ -287,7 +301,8 @@ static const struct {
     const char *name;
     launcher_allocator which;
 } allocator_names[] = {
-    {"pymalloc-mt", USE_PYMALLOC_MT}, {"stock", USE_STOCK},       {"malloc", USE_GLIBC},
+    {"pymalloc-mt", USE_PYMALLOC_MT}, {"pymalloc-mt-cached", USE_PYMALLOC_MT_CACHED},
+    {"pymalloc-mt-free", USE_PYMALLOC_MT_FREE}, {"stock", USE_STOCK}, {"malloc", USE_GLIBC},
     {"mimalloc", USE_MIMALLOC},       {"jemalloc", USE_JEMALLOC},
 };
 
@@ -319,7 +334,11 @@ static int install(launcher_allocator which, const char *name) {
     bool debug_hooks = strstr(name, "_debug") != NULL;
     switch (which) {
     case USE_PYMALLOC_MT:
-        if (configure_pymalloc_mt(name) != 0) return -1;
+    case USE_PYMALLOC_MT_CACHED:
+    case USE_PYMALLOC_MT_FREE:
+        if (configure_pymalloc_mt(name, which != USE_PYMALLOC_MT, which == USE_PYMALLOC_MT_FREE) != 0) {
+            return -1;
+        }
         install_pymalloc_mt();
         return 0;
     case USE_GLIBC:
