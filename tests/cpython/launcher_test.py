@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import unittest
 
 PMPYTHON = os.path.abspath(os.environ["PMPYTHON"])
@@ -232,7 +233,54 @@ class PeerAllocators(unittest.TestCase):
         status, out, err = run(PMPYTHON, ["-c", "print('ran')"], PMPYTHON_ALLOCATOR="tcmalloc")
         self.assertEqual((status, out), (2, ""))
         self.assertEqual(err, "pmpython: PMPYTHON_ALLOCATOR=tcmalloc: unknown allocator "
-                              "(known: pymalloc-mt stock malloc mimalloc jemalloc)\n")
+                              "(known: pymalloc-mt pymalloc-mt-cached pymalloc-mt-free stock malloc "
+                              "mimalloc jemalloc)\n")
+
+
+class ThreadCachesAndFreeThreadedMode(unittest.TestCase):
+    """pymalloc-mt's per-thread caches under CPython: threads allocate, hand objects to each
+    other through a queue (so blocks are freed by threads that do not own their pools), and
+    exit; the output is stock python3.11's, with and without the debug hooks, and the
+    statistics at exit show the caches at work."""
+
+    CODE = textwrap.dedent("""
+        import json, queue, threading
+        q = queue.Queue()
+        def produce():
+            for i in range(20000):
+                q.put({"k": [i, str(i) * 3, (i, i + 1)]})
+            q.put(None)
+        def consume(out):
+            total = 0
+            while (item := q.get()) is not None:
+                total += len(json.dumps(item))
+            out.append(total)
+        result = []
+        threads = [threading.Thread(target=produce), threading.Thread(target=consume, args=(result,))]
+        threads += [threading.Thread(target=lambda k=k: sum(len({i: [str(i)] * (i % 7) for i in range(20000)}) for _ in range(2)))
+                    for k in range(4)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        print(result[0])
+    """)
+
+    def test_threaded_workload_matches_stock(self):
+        expected = run(STOCK, ["-c", self.CODE])
+        self.assertEqual(expected[0], 0, expected[2])
+        for allocator in ("pymalloc-mt-cached", "pymalloc-mt-free"):
+            for malloc in ("", "debug"):
+                with self.subTest(PMPYTHON_ALLOCATOR=allocator, PYTHONMALLOC=malloc):
+                    self.assertEqual(run(PMPYTHON, ["-c", self.CODE], PMPYTHON_ALLOCATOR=allocator,
+                                         PYTHONMALLOC=malloc), expected)
+
+    def test_statistics_show_the_caches(self):
+        status, _, err = run(PMPYTHON, ["-c", self.CODE], PMPYTHON_ALLOCATOR="pymalloc-mt-free",
+                             PYTHONMALLOCSTATS="1")
+        self.assertEqual(status, 0, err)
+        self.assertIn("thread caches (free-threaded)", err)
+        remote = re.search(r"# remote frees sent\s*=\s*([\d,]+)", err)
+        self.assertIsNotNone(remote)
+        self.assertGreater(int(remote.group(1).replace(",", "")), 0)
 
 
 if __name__ == "__main__":
