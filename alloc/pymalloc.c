@@ -48,13 +48,14 @@ pm_heap pm_main_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_MAIN};
 
 /* ---- used lists ---------------------------------------------------------------------- */
 
+/* The main heap's list operations count nothing (GIL mode pays for no bookkeeping it does
+ * not use); thread_cache.c wraps them with the counts its bounds need. */
 void pm_heap_push_front(pm_heap *heap, pm_pool *pool) {
     pm_pool *head = heap->used[pool->size_class];
     pool->prev = NULL;
     pool->next = head == &pm_no_pool ? NULL : head;
     if (pool->next != NULL) pool->next->prev = pool;
     heap->used[pool->size_class] = pool;
-    heap->used_count[pool->size_class]++;
 }
 
 void pm_heap_unlink(pm_heap *heap, pm_pool *pool) {
@@ -65,14 +66,13 @@ void pm_heap_unlink(pm_heap *heap, pm_pool *pool) {
     }
     if (pool->next != NULL) pool->next->prev = pool->prev;
     pool->next = pool->prev = NULL;
-    heap->used_count[pool->size_class]--;
 }
 
 /* ---- carving ------------------------------------------------------------------------- */
 
 /* Links the uncarved blocks that start in the OS page of the next uncarved one. The pool's
  * free list must be empty. Returns false when the pool has nothing left to carve. */
-bool pm_pool_carve(pm_pool *pool) {
+static inline bool pool_carve(pm_pool *pool) {
     size_t size = pm_class_block_size(pool->size_class);
     size_t offset = pool->carve_offset;
     if (offset + size > PM_POOL_SIZE) return false;
@@ -93,6 +93,10 @@ bool pm_pool_carve(pm_pool *pool) {
 
 static_assert(PM_POOL_BITS <= 15, "carve_offset can reach PM_POOL_SIZE, which must fit 16 bits");
 
+bool pm_pool_carve(pm_pool *pool) {
+    return pool_carve(pool);
+}
+
 /* Gets an empty pool ready to serve `size_class`. An empty pool last used for the same class
  * keeps its free list, which then holds every carved block; anything else starts carving
  * afresh. */
@@ -101,7 +105,7 @@ void pm_pool_prepare(pm_pool *pool, unsigned size_class) {
         pool->size_class = (uint16_t)size_class;
         pool->carve_offset = (uint16_t)PM_POOL_HEADER_SIZE;
         pool->free = NULL;
-        pm_pool_carve(pool);
+        pool_carve(pool);
     }
 }
 
@@ -144,16 +148,16 @@ static void *malloc_through_table(size_t nbytes, int route) {
 void *pm_pymalloc_pool_exhausted(pm_pool *pool, pm_block *block) {
     /* In steady state most exhausted pools are fully carved: test that before calling. */
     bool carvable = pool->carve_offset + pm_class_block_size(pool->size_class) <= PM_POOL_SIZE;
-    if (carvable && pm_pool_carve(pool)) return block;
+    if (carvable && pool_carve(pool)) return block;
     /* Full: off the list until a block comes back. */
-    pm_heap *heap = pm_pool_owner(pool); /* this thread's own heap: only it pops */
+    pm_heap *heap = pm_pool_owner_mine(pool); /* this thread's own heap: only it pops */
     pm_pool *next = pool->next;
     heap->used[pool->size_class] = next != NULL ? next : &pm_no_pool;
-    heap->used_count[pool->size_class]--;
     if (next != NULL) next->prev = NULL;
     pool->next = NULL;
     pool->used_state |= PM_POOL_FULL;
-    if (heap->kind == PM_HEAP_THREAD) pm_thread_cache_pool_full(heap, pool);
+    /* A tail call that hands `block` back, so this function needs no stack frame. */
+    if (__builtin_expect(heap != &pm_main_heap, 0)) return pm_thread_cache_pool_full(heap, pool, block);
     return block;
 }
 
@@ -186,34 +190,23 @@ void *pm_pymalloc_malloc_slow(size_t nbytes, pm_heap *heap, int route) {
  * pool of one block). The caller owns the pool: its thread, or the pool lock for the shared
  * heap, or the GIL for the main heap. */
 void pm_pymalloc_free_slow(pm_pool *pool) {
-    pm_heap *heap = pm_pool_owner(pool);
-    uint32_t state = pool->used_state;
-    bool was_full = (state & PM_POOL_FULL) != 0;
-    pool->used_state = state & ~PM_POOL_FULL;
-    bool empty = pool->used_state == 0;
-    switch (heap->kind) {
-    case PM_HEAP_THREAD:
-        if (empty) {
-            pm_thread_cache_pool_empty(heap, pool, was_full);
-        } else {
-            pm_thread_cache_pool_has_room(heap, pool);
-        }
+    pm_heap *heap = pm_pool_owner_mine(pool);
+    if (__builtin_expect(heap != &pm_main_heap, 0)) {
+        pm_thread_cache_free_slow(heap, pool);
         return;
-    case PM_HEAP_MAIN:
-    case PM_HEAP_SHARED:
-        if (was_full && empty) {
-            pm_arena_return_pool(pool); /* full and now empty: it was on no list */
-        } else if (was_full) {
-            pm_heap_push_front(heap, pool); /* CPython puts it at the front too */
-        } else {
-            pm_heap_unlink(heap, pool);
-            pm_arena_return_pool(pool);
-        }
-        return;
-    case PM_HEAP_SENTINEL:
-        break;
     }
-    pm_fatal_error("pm_free", "a pool owned by a sentinel heap (heap corrupt)");
+    uint32_t state = pool->used_state;
+    if (state & PM_POOL_FULL) {
+        pool->used_state = state & ~PM_POOL_FULL;
+        if (pool->used_state == 0) {
+            pm_arena_return_pool(pool); /* full and now empty: it was on no list */
+            return;
+        }
+        pm_heap_push_front(heap, pool); /* CPython puts it at the front too */
+        return;
+    }
+    pm_heap_unlink(heap, pool); /* empty */
+    pm_arena_return_pool(pool);
 }
 
 /* The block's pool belongs to another heap (or this thread has no heap yet). */

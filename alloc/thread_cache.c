@@ -246,18 +246,34 @@ static bool cache_has_room(const pm_heap *heap, unsigned size_class, uint32_t co
            (size_class == PM_NO_CLASS || heap->used_count[size_class] < pm_threading.pools_per_class);
 }
 
+/* ---- counted list operations --------------------------------------------------------- *
+ * Thread heaps and the shared heap count their used pools (the bounds, the statistics and
+ * the heap check read the counts); cached_pools also counts a thread heap's stash. */
+
+static void list_push(pm_heap *heap, pm_pool *pool) {
+    pm_heap_push_front(heap, pool);
+    heap->used_count[pool->size_class]++;
+    heap->cached_pools++;
+}
+
+static void list_unlink(pm_heap *heap, pm_pool *pool) {
+    pm_heap_unlink(heap, pool);
+    heap->used_count[pool->size_class]--;
+    heap->cached_pools--;
+}
+
 /* ---- the shared heap (pool lock held) ------------------------------------------------ */
 
 static void give_to_shared(pm_heap *heap, pm_pool *pool) {
     pm_pool_set_owner(pool, &pm_shared_heap);
-    if (!pm_pool_full(pool)) pm_heap_push_front(&pm_shared_heap, pool);
+    if (!pm_pool_full(pool)) list_push(&pm_shared_heap, pool);
     counter_add(&heap->counters.pools_given, 1);
 }
 
 static pm_pool *adopt_from_shared(pm_heap *heap, unsigned size_class) {
     pm_pool *pool = pm_shared_heap.used[size_class];
     if (pool == &pm_no_pool) return NULL;
-    pm_heap_unlink(&pm_shared_heap, pool);
+    list_unlink(&pm_shared_heap, pool);
     pm_pool_set_owner(pool, heap);
     counter_add(&heap->counters.pools_adopted, 1);
     return pool;
@@ -373,8 +389,7 @@ void *pm_thread_cache_refill(pm_heap *heap, unsigned size_class) {
         if (pool == NULL) return NULL;
     }
     pm_pool_prepare(pool, size_class);
-    pm_heap_push_front(heap, pool);
-    heap->cached_pools++;
+    list_push(heap, pool);
     return pm_pool_pop_first(pool);
 }
 
@@ -392,16 +407,18 @@ static void full_list_unlink(pm_heap *heap, pm_pool *pool) {
     pool->next = pool->prev = NULL;
 }
 
-void pm_thread_cache_pool_full(pm_heap *heap, pm_pool *pool) {
-    heap->cached_pools--; /* it left the used list */
+/* malloc's exhausted-pool path already took the pool off the used list. */
+void *pm_thread_cache_pool_full(pm_heap *heap, pm_pool *pool, void *block) {
+    heap->used_count[pool->size_class]--;
+    heap->cached_pools--;
     full_list_link(heap, pool);
+    return block;
 }
 
-void pm_thread_cache_pool_has_room(pm_heap *heap, pm_pool *pool) {
+static void pool_has_room(pm_heap *heap, pm_pool *pool) {
     full_list_unlink(heap, pool);
     if (cache_has_room(heap, pool->size_class, 0)) {
-        pm_heap_push_front(heap, pool);
-        heap->cached_pools++;
+        list_push(heap, pool);
         return;
     }
     pm_pool_lock();
@@ -409,12 +426,11 @@ void pm_thread_cache_pool_has_room(pm_heap *heap, pm_pool *pool) {
     pm_pool_unlock();
 }
 
-void pm_thread_cache_pool_empty(pm_heap *heap, pm_pool *pool, bool was_full) {
+static void pool_empty(pm_heap *heap, pm_pool *pool, bool was_full) {
     if (was_full) {
         full_list_unlink(heap, pool);
     } else {
-        pm_heap_unlink(heap, pool);
-        heap->cached_pools--;
+        list_unlink(heap, pool);
     }
     if (cache_has_room(heap, PM_NO_CLASS, heap->stash_count)) {
         stash_push(heap, pool);
@@ -438,6 +454,32 @@ void pm_collect(void) {
     if (attached && !pm_lifo_is_empty(&own->remote)) drain_own(own);
 }
 
+void pm_thread_cache_free_slow(pm_heap *heap, pm_pool *pool) {
+    uint32_t state = pool->used_state;
+    bool was_full = (state & PM_POOL_FULL) != 0;
+    pool->used_state = state & ~PM_POOL_FULL;
+    bool empty = pool->used_state == 0;
+    if (heap->kind == PM_HEAP_SHARED) {
+        /* The pool lock is held (drain_as_shared). Full pools of the shared heap are on no
+         * list. */
+        if (!was_full) list_unlink(heap, pool);
+        if (empty) {
+            pm_arena_return_pool(pool);
+        } else {
+            list_push(heap, pool);
+        }
+        return;
+    }
+    if (heap->kind != PM_HEAP_THREAD) {
+        pm_fatal_error("pm_free", "a pool owned by a sentinel heap (heap corrupt)");
+    }
+    if (empty) {
+        pool_empty(heap, pool, was_full);
+    } else {
+        pool_has_room(heap, pool);
+    }
+}
+
 /* ---- detach -------------------------------------------------------------------------- */
 
 /* Pool lock held. Empties every list of `heap`: partly used and full pools to the shared
@@ -446,7 +488,7 @@ static void give_back_all(pm_heap *heap) {
     for (unsigned c = 0; c < PM_NUM_CLASSES; c++) {
         while (heap->used[c] != &pm_no_pool) {
             pm_pool *pool = heap->used[c];
-            pm_heap_unlink(heap, pool);
+            list_unlink(heap, pool);
             give_to_shared(heap, pool);
         }
     }

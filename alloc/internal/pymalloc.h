@@ -180,6 +180,13 @@ static inline pm_heap *pm_pool_owner(const pm_pool *pool) {
     return (pm_heap *)pm_atomic_load_ptr_acquire(&pool->owner);
 }
 
+/* The owner as its owner sees it: a plain load, for the slow paths of the thread that owns
+ * the pool (or holds the lock that does). Nobody else writes the field meanwhile, so there is
+ * no race, and the compiler keeps the freedom an atomic load (a compiler barrier) takes away. */
+static inline pm_heap *pm_pool_owner_mine(const pm_pool *pool) {
+    return pool->owner;
+}
+
 static inline void pm_pool_set_owner(pm_pool *pool, pm_heap *owner) {
     pm_atomic_store_ptr_release(&pool->owner, owner);
 }
@@ -449,9 +456,9 @@ pm_heap *pm_thread_attach(void);
  * frees, its stash, the shared heap or the arenas. Returns a block or NULL. */
 void *pm_thread_cache_refill(pm_heap *heap, unsigned size_class);
 /* The slow-path transitions of a thread heap's pools (pymalloc.c calls these). */
-void pm_thread_cache_pool_full(pm_heap *heap, pm_pool *pool);
-void pm_thread_cache_pool_has_room(pm_heap *heap, pm_pool *pool); /* was full */
-void pm_thread_cache_pool_empty(pm_heap *heap, pm_pool *pool, bool was_full);
+void *pm_thread_cache_pool_full(pm_heap *heap, pm_pool *pool, void *block); /* returns block */
+/* free's slow path for a pool of a thread heap or of the shared heap (pool lock held). */
+void pm_thread_cache_free_slow(pm_heap *heap, pm_pool *pool);
 /* The shared heap's pool, or a pool in flight, under the pool lock. */
 void pm_shared_free_block(pm_pool *pool, pm_block *block);
 
