@@ -458,14 +458,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bench", default=default_bench(), help="path of the bench binary")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and iterations")
-    parser.add_argument("--reps", type=int, help="timed repetitions (default 5, quick 2)")
+    parser.add_argument("--reps", type=int, help="timed repetitions (default 5, quick 3)")
     parser.add_argument("--kernels", help="comma-separated: " + ",".join(KERNEL_BY_NAME))
     parser.add_argument("--allocators",
                         help="comma-separated: " + ",".join(r.key for r in BASE_ROWS) + ",loop")
     parser.add_argument("--no-callgrind", action="store_true", help="timings and RSS only")
     parser.add_argument("--pin", type=int, metavar="CPU", help="run each process on this CPU")
     parser.add_argument("--output", help="also write the Markdown here "
-                        "(default tools/bench/results/latest.md beside this script)")
+                        "(default tools/bench/results/micro.md beside this script)")
     parser.add_argument("--json", help="also write the medians here, for charts.py")
     parser.add_argument("--keep-callgrind", metavar="DIR",
                         help="keep callgrind's dump files here (for callgrind_annotate)")
@@ -500,7 +500,7 @@ def main():
     if use_callgrind and shutil.which("valgrind") is None:
         print("compare.py: valgrind not found, no instruction counts", file=sys.stderr)
         use_callgrind = False
-    reps = opts.reps or (2 if opts.quick else 5)
+    reps = opts.reps or (3 if opts.quick else 5)
     started = time.time()
     load_before = os.getloadavg()[0]
 
@@ -591,6 +591,8 @@ def main():
     out.append("- instr: callgrind Ir per operation inside the timed loop, minus the same loop "
                "on no-op functions without any lock (the `loop only` row shows that loop's own "
                "count); a mutex or GIL hand-off is part of the allocator's cost."
+               + (" With --quick, only the kernels " + ", ".join(k.name for k in cg_kernels)
+                  + " are counted." if opts.quick else "")
                if use_callgrind else "- instr: not measured (--no-callgrind).")
     out.append("- RSS: growth over the RSS at the start of the kernel (the bench's own arrays "
                "are mapped before), from /proc/self/statm. Process peak RSS: getrusage "
@@ -692,7 +694,9 @@ def main():
         out.extend(targets)
 
     if opts.json:
-        summary = {"quick": opts.quick, "reps": reps, "kernels": {}}
+        summary = {"quick": opts.quick, "reps": reps, "kernels": {},
+                   "generated": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+                   "load": [load_before, os.getloadavg()[0]]}
         for kernel in kernels:
             entry = summary["kernels"][kernel.name] = {"unit": kernel.unit, "rows": {}}
             for row in rows_for(kernel, selected):
@@ -703,11 +707,12 @@ def main():
                 entry["rows"][row.label] = {
                     "key": row.key,
                     "ns_per_op": median([s["ns_per_op"] for s in runs]),
+                    "cpu_ns_per_op": median([s.get("cpu_ns_per_op") for s in runs]),
                     "rss_live_mib": mib(med(kernel.name, label, "rss_live_kib")),
                     "peak_rss_mib": mib(med(kernel.name, label, "peak_rss_kib")),
                     "instructions": instructions.get((kernel.name, label)),
                 }
-        summary["threads"] = derived
+        summary["threads"] = {r.key: derived[r.label] for r in BASE_ROWS if r.label in derived}
         with open(opts.json, "w") as f:
             json.dump(summary, f, indent=1)
 
@@ -728,7 +733,7 @@ def main():
     text = "\n".join(out) + "\n"
     print(text)
     output = opts.output or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                         "results", "latest.md")
+                                         "results", "micro.md")
     os.makedirs(os.path.dirname(output), exist_ok=True)
     with open(output, "w") as f:
         f.write(text)
