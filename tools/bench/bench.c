@@ -85,9 +85,11 @@
  * again, with the same inputs, on the no-op functions and without any lock, and compare.py
  * reports (real - loop) / ops: the allocator's own instructions per operation, including
  * what it takes to make it thread-safe (a mutex, GIL hand-offs). CALLGRIND_DUMP_STATS after
- * each run puts the two counts in separate dump files. Callgrind runs threads one at a
- * time; in the multi-thread kernels the few instructions of a thread waiting for another
- * (a bounded spin, then sched_yield) are counted too. Outside valgrind the client requests
+ * each run puts the two counts in separate dump files. Callgrind's collection state is per
+ * thread, so in the multi-thread kernels each worker brackets its own timed loop and the
+ * counts are summed over the workers. Callgrind runs threads one at a time; the few
+ * instructions of a thread waiting for another (a bounded spin, then sched_yield) are
+ * counted too. Outside valgrind the client requests
  * are a few no-op instructions outside the timed loops.
  *
  * Memory. RSS from /proc/self/statm, read with open/read (fopen would allocate through the
