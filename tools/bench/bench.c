@@ -1083,7 +1083,8 @@ int main(int argc, char **argv) {
         else if ((v = option_value(argv[i], "--blocks")) != NULL) r.blocks = parse_count(v);
         else if ((v = option_value(argv[i], "--slots")) != NULL) r.slots = parse_count(v);
         else if ((v = option_value(argv[i], "--rounds")) != NULL) r.rounds = (int)parse_count(v);
-        else if ((v = option_value(argv[i], "--threads")) != NULL) r.threads = (unsigned)parse_count(v);
+        else if ((v = option_value(argv[i], "--threads")) != NULL)
+            r.threads = (unsigned)parse_count(v);
         else if ((v = option_value(argv[i], "--seed")) != NULL) seed = parse_count(v);
         else if ((v = option_value(argv[i], "--reserve")) != NULL) reserve = v;
         else if (strcmp(argv[i], "--loop") == 0) with_loop = true;

@@ -25,7 +25,8 @@ import tempfile
 
 # Row keys (compare.py's Row.key) drawn; a key absent from the results is skipped, so the
 # free-threaded row appears once compare.py measures it.
-MICRO_ROWS = ["pymalloc-mt", "pymalloc-mt-ft", "cpython", "glibc", "mimalloc", "jemalloc", "tcmalloc"]
+MICRO_ROWS = ["pymalloc-mt", "pymalloc-mt-ft", "cpython", "glibc", "mimalloc", "jemalloc",
+              "tcmalloc"]
 MICRO_KERNELS = ["pair16", "pair64", "pair256", "pair512", "pair4096", "churn", "batch",
                  "realloc_grow"]
 THREAD_KERNELS = ["mt_churn1", "mt_churn2", "prodcons"]

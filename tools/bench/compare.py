@@ -163,7 +163,8 @@ KERNELS = [
            "1024-slot ring)",
            ["--blocks=10000000"], ["--blocks=1000000"], ["--blocks=200000"],
            ["--blocks=30000"], threaded=True),
-    Kernel("rss_threads1", "block", "rss_threads: 1 thread holding 80,000 live blocks of 1..512 bytes",
+    Kernel("rss_threads1", "block",
+           "rss_threads: 1 thread holding 80,000 live blocks of 1..512 bytes",
            ["--threads=1", "--blocks=80000"], ["--threads=1", "--blocks=80000"], memory=True,
            loop_row=False, bench_kernel="rss_threads", threaded=True),
     Kernel("rss_threads8", "block",
@@ -329,7 +330,8 @@ def mib(kib):
 def kernel_table(kernel, rows, samples, instructions, loop_instructions):
     """One Markdown table: rows x the kernel's columns."""
     ref_ns = median([s["ns_per_op"] for s in samples.get((kernel.name, CPYTHON.label), [])])
-    ref_cpu = median([s.get("cpu_ns_per_op") for s in samples.get((kernel.name, CPYTHON.label), [])])
+    ref_cpu = median([s.get("cpu_ns_per_op")
+                      for s in samples.get((kernel.name, CPYTHON.label), [])])
     ref_ir = instructions.get((kernel.name, CPYTHON.label))
     ref_rss = median([mib(s["rss_live_kib"]) for s in samples.get((kernel.name, CPYTHON.label), [])
                       if "rss_live_kib" in s])
@@ -403,6 +405,10 @@ def function_table(kernel_name, label, per_function, limit=12):
             break
         lines.append(f"| `{name}` | {value:.1f} |")
     return "\n".join(lines)
+
+
+def now_utc():
+    return f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}"
 
 
 def package_version(package):
@@ -676,7 +682,8 @@ def main():
         theirs = med("mt_churn2", tc.label, "ns_per_op") if tc else None
         if mine is not None and theirs is not None:
             targets.append(f"| mt_churn 2 threads ns/step ≤ tcmalloc's, {row.label} | "
-                           f"{mine:.1f} (tcmalloc {theirs:.1f}) | {verdict(mine <= theirs, True)} |")
+                           f"{mine:.1f} (tcmalloc {theirs:.1f}) | "
+                           f"{verdict(mine <= theirs, True)} |")
         mine = med("prodcons", row.label, "ns_per_op")
         theirs = med("prodcons", mi.label, "ns_per_op") if mi else None
         if mine is not None and theirs is not None:
@@ -695,7 +702,7 @@ def main():
 
     if opts.json:
         summary = {"quick": opts.quick, "reps": reps, "kernels": {},
-                   "generated": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+                   "generated": now_utc(),
                    "load": [load_before, os.getloadavg()[0]]}
         for kernel in kernels:
             entry = summary["kernels"][kernel.name] = {"unit": kernel.unit, "rows": {}}

@@ -13,8 +13,9 @@ it is shown in a column of its own and never used as the baseline.
 
 Measured per process: wall time (time.monotonic around the run) and peak RSS (ru_maxrss, as
 GNU time's %M reports it). Runs are interleaved (every repetition runs every workload on
-every row, in a shuffled order) and the tables show medians. Every run of a workload must print the same
-checksum, whatever the allocator: a row that computes something else is an error.
+every row, in a shuffled order) and the tables show medians. Every run of a workload must
+print the same checksum, whatever the allocator: a row that computes something else is an
+error.
 
 Until the launcher exists, any python3.11 can stand in (--launcher=/usr/bin/python3.11): it
 ignores PMPYTHON_ALLOCATOR, so its rows differ by noise only, and the report says so.
@@ -32,7 +33,7 @@ import tempfile
 import time
 
 sys.dont_write_bytecode = True  # importing compare.py must leave no __pycache__ in the tree
-from compare import Progress, cpu_model  # noqa: E402 (same folder)
+from compare import Progress, cpu_model, now_utc  # noqa: E402 (same folder)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOAD_DIR = os.path.join(HERE, "workloads")
@@ -187,7 +188,7 @@ def main():
         f.write(text)
     if opts.json:
         with open(opts.json, "w") as f:
-            json.dump({"generated": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+            json.dump({"generated": now_utc(),
                        "load": [load_before, os.getloadavg()[0]], "scale": scale, "reps": reps,
                        "stand_in": stand_in, "rows": rows, "labels": label, "workloads": names,
                        "median": {f"{w}|{a}": v for (w, a), v in med.items()},

@@ -2,7 +2,7 @@
 """suite.py — the whole benchmark suite in one command: micro, macro, charts, one report.
 
     bazel run -c opt //tools/bench:suite                  # full: for a quiet machine
-    bazel run -c opt //tools/bench:suite -- --quick       # about 3 minutes
+    bazel run -c opt //tools/bench:suite -- --quick       # a few minutes
     bazel run -c opt //tools/bench:suite -- --launcher=/usr/bin/python3.11   # stand-in
 
 Runs, in order, each with a progress line per finished run on stderr:
@@ -73,7 +73,8 @@ def headline(micro, macro, pngs, quick):
             t = threads.get(key, {})
             lines.append(
                 f"| {labels[key]} | {cell('pair64', key, 'cpu_ns_per_op')} | "
-                f"{cell('pair64', key, 'instructions', 0)} | {cell('churn', key, 'cpu_ns_per_op')} | "
+                f"{cell('pair64', key, 'instructions', 0)} | "
+                f"{cell('churn', key, 'cpu_ns_per_op')} | "
                 f"{cell('batch', key, 'cpu_ns_per_op')} | {cell('prodcons', key, 'ns_per_op')} | "
                 f"{cell('mt_churn2', key, 'ns_per_op')} | {number(t.get('scaling'), 2, '×')} | "
                 f"{number(t.get('rss_ratio'), 2, '×')} |")
@@ -97,9 +98,9 @@ def headline(micro, macro, pngs, quick):
             ours = m[f"{w}|pymalloc-mt"]
             mi = m.get(f"{w}|mimalloc")
             goal = macro["goal_met"].get(w)
+            verdict = "n/a (stand-in)" if goal is None else ("met" if goal else "not met")
             lines.append(f"| {w} | {ours[0] / base[0]:.2f}× | {ours[1] / base[1]:.2f}× | "
-                         f"{number(mi[0] / base[0] if mi else None, 2, '×')} | "
-                         f"{'n/a (stand-in)' if goal is None else ('met' if goal else 'not met')} |")
+                         f"{number(mi[0] / base[0] if mi else None, 2, '×')} | {verdict} |")
         lines.append("")
     for png in pngs:
         lines.append(f"![{png[:-4]}](tools/bench/results/{png})")
@@ -131,7 +132,8 @@ def main():
     parser.add_argument("--launcher", help="pmpython, or a python3.11 stand-in")
     parser.add_argument("--results", default=os.path.join(HERE, "results"),
                         help="folder for latest.md, the partial reports and the charts")
-    parser.add_argument("--quick", action="store_true", help="about 3 minutes")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repetitions and iterations: a few minutes")
     parser.add_argument("--kernels", help="micro kernels only these (compare.py --kernels)")
     parser.add_argument("--workloads", help="macro workloads only these")
     parser.add_argument("--scale", type=float, help="macro workload size (macro.py --scale)")

@@ -6,8 +6,9 @@ set -euo pipefail
 
 suite="$TEST_SRCDIR/pymalloc_mt/tools/bench/suite"
 out="$TEST_TMPDIR/results"
-RUNFILES_DIR="$TEST_SRCDIR" "$suite" suite --quick --reps=1 --kernels=pair64 --workloads=gc_cycles --scale=0.05 \
-  --no-callgrind --launcher=/usr/bin/python3.11 --results="$out" 2>"$TEST_TMPDIR/progress"
+RUNFILES_DIR="$TEST_SRCDIR" "$suite" suite --quick --reps=1 --no-callgrind \
+  --kernels=pair64 --workloads=gc_cycles --scale=0.05 --launcher=/usr/bin/python3.11 \
+  --results="$out" 2>"$TEST_TMPDIR/progress"
 
 fail() { echo "suite_smoke_test: $*" >&2; cat "$TEST_TMPDIR/progress" >&2; exit 1; }
 
