@@ -418,6 +418,7 @@ static void check_full_list(heap_walk *walk, const pm_heap *heap) {
 
 static void check_stash(heap_walk *walk, const pm_heap *heap) {
     uint32_t count = 0;
+    uint32_t per_class[PM_NUM_CLASSES] = {0};
     for (const pm_pool *p = heap->stash; p != NULL; p = p->next) {
         if (!listed_pool_ok(walk, heap, p, "stash")) return;
         if (++walk->listed_stashed.pools > walk->stashed.pools) {
@@ -431,7 +432,15 @@ static void check_stash(heap_walk *walk, const pm_heap *heap) {
             return;
         }
         count++;
+        if (p->size_class < PM_NUM_CLASSES) per_class[p->size_class]++;
         walk->listed_stashed.fingerprint += pool_print(p, heap);
+    }
+    for (unsigned c = 0; c < PM_NUM_CLASSES; c++) {
+        if (per_class[c] != heap->stash_per_class[c]) {
+            fail(walk, "heap %p: %u stashed pools of class %u but it counts %u",
+                 (const void *)heap, per_class[c], c, heap->stash_per_class[c]);
+            return;
+        }
     }
     if (count != heap->stash_count) {
         fail(walk, "heap %p: %u pools in its stash but it counts %u", (const void *)heap, count,

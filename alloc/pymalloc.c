@@ -225,7 +225,11 @@ void pm_pymalloc_free_other_heap(pm_pool *pool, void *p) {
         /* The pool is back in its arena: p was freed already, or never allocated. */
         pm_fatal_error("pm_free", "the block's pool is not in use (double free?)");
     }
-    pm_lifo_push(&owner->remote, (pm_lifo_node *)p);
+    if (owner == &pm_shared_heap) {
+        pm_thread_cache_free_to_shared(pool, p);
+    } else {
+        pm_lifo_push(&owner->remote, (pm_lifo_node *)p);
+    }
     uint64_t *sent = &own->counters.remote_frees;
     pm_atomic_store_u64_relaxed(sent, pm_atomic_load_u64_relaxed(sent) + 1);
 }

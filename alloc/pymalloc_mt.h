@@ -173,10 +173,10 @@ typedef struct pm_config {
     int free_threaded;  /* 1: mem/object callable from any thread without the GIL (implies
                            thread caches); the debug hooks stop asking for the GIL */
     int thread_caches;  /* 1: per-thread caches in GIL mode too */
-    /* Bounds on what a cache keeps besides its full pools (which hold only live blocks):
-     * non-full pools per size class (and empty pools in its stash), and bytes of such
-     * pools per thread and over all threads (each thread gets at most total / threads).
-     * Pools beyond them go to the shared lists, empty ones back to their arenas. */
+    /* Bounds on the memory a cache keeps beyond live blocks: the empty pools it holds for
+     * reuse, per size class, and in bytes per thread and over all threads (each thread may
+     * keep at most total / threads). A pool emptied beyond them goes back to its arena.
+     * (Partly used pools stay with the thread whose blocks they hold, until it detaches.) */
     size_t cache_pools_per_class;   /* default 8 */
     size_t cache_bytes_per_thread;  /* default 1 MiB */
     size_t cache_bytes_total;       /* default 64 MiB */

@@ -361,23 +361,33 @@ TEST_F(ThreadCacheTest, StressWithThreadsComingAndGoing) {
 TEST_F(ThreadCacheTest, CachesStayWithinTheirBounds) {
     pm_config config;
     pm_get_config(&config);
-    // Many blocks spread over many pools of one class, then every other block freed: each
-    // pool regains room, and the cache may keep only `pools_per_class` of them.
-    std::vector<void *> blocks;
+    // Fill many pools of one class, then empty them all: the cache may keep only
+    // `pools_per_class` of them (and its byte bound); the rest go back to their arenas.
+    char json[4096];
+    auto to_arena = [&]() {
+        AllocScope scope;
+        EXPECT_GT(pm_stats_json(json, sizeof json), 0u);
+        std::string text(json);
+        size_t at = text.find("\"pools_to_arena\":");
+        return std::stoull(text.substr(at + 17));
+    };
+    unsigned long long returned_before = to_arena();
     std::thread([&] {
+        std::vector<void *> blocks;
         blocks.push_back(Alloc(PM_DOMAIN_OBJ, 256, false));
         unsigned size_class = pm_pool_of(blocks[0])->size_class;  // with the debug hooks' pads
         size_t pools = 4 * config.cache_pools_per_class;
         while (blocks.size() < pools * pm_class_capacity(size_class)) {
             blocks.push_back(Alloc(PM_DOMAIN_OBJ, 256, false));
         }
-        for (size_t i = 0; i < blocks.size(); i += 2) Free(PM_DOMAIN_OBJ, blocks[i]);
+        for (void *p : blocks) Free(PM_DOMAIN_OBJ, p);
         pm_heap *heap = pm_own_heap();
-        EXPECT_LE(heap->used_count[size_class], config.cache_pools_per_class);
-        EXPECT_LE(heap->cached_pools * PM_POOL_SIZE, config.cache_bytes_per_thread);
-        EXPECT_GE(pm_shared_heap.used_count[size_class], 1u) << "the surplus is shared";
+        EXPECT_LE(heap->stash_per_class[size_class], config.cache_pools_per_class);
+        EXPECT_LE(heap->stash_count * PM_POOL_SIZE, config.cache_bytes_per_thread);
+        EXPECT_EQ(heap->used_count[size_class], 0u);
     }).join();
-    for (size_t i = 1; i < blocks.size(); i += 2) Free(PM_DOMAIN_OBJ, blocks[i]);
+    EXPECT_GE(to_arena(), returned_before + 2 * config.cache_pools_per_class)
+        << "the pools beyond the bound went back to their arenas";
 }
 
 TEST_F(ThreadCacheTest, ProducerAndConsumerOnDifferentThreads) {

@@ -164,6 +164,7 @@ typedef struct pm_heap {
     pm_pool *full;                       /* full pools (thread heaps only), via next/prev */
     pm_pool *stash;                      /* empty pools kept for reuse, via next */
     uint32_t stash_count;
+    uint32_t stash_per_class[PM_NUM_CLASSES]; /* by each stashed pool's last class */
     struct pm_heap *registry_next;       /* every thread heap ever made (never freed) */
     struct pm_heap **slots;              /* the attached thread's pm_thread_heaps */
     pm_heap_counters counters;
@@ -459,8 +460,10 @@ void *pm_thread_cache_refill(pm_heap *heap, unsigned size_class);
 void *pm_thread_cache_pool_full(pm_heap *heap, pm_pool *pool, void *block); /* returns block */
 /* free's slow path for a pool of a thread heap or of the shared heap (pool lock held). */
 void pm_thread_cache_free_slow(pm_heap *heap, pm_pool *pool);
-/* The shared heap's pool, or a pool in flight, under the pool lock. */
+/* Frees a block of a shared-heap pool, under the pool lock. */
 void pm_shared_free_block(pm_pool *pool, pm_block *block);
+/* A free into a pool the shared heap owns, by any thread: takes the pool lock. */
+void pm_thread_cache_free_to_shared(pm_pool *pool, void *p);
 
 /* Visits every heap that can own pools: main, shared and each thread heap. Quiescence is
  * the caller's business (heap check, statistics). */

@@ -32,4 +32,17 @@ int bench_cpython_init(bench_ops *out);
 /* Py_GetVersion() of the embedded interpreter (valid after bench_cpython_init). */
 const char *bench_cpython_version(void);
 
+/* CPython's own GIL, for the multi-thread kernels' "CPython pymalloc behind its GIL" rows.
+ * The main thread lets go of the GIL before it starts workers (main_release) and takes it
+ * back after joining them (main_reacquire). A worker enters with thread_enter (a thread
+ * state of its own and the GIL, PyGILState_Ensure) and leaves with thread_exit; in
+ * between it may let other threads run with drop followed by take (PyEval_SaveThread /
+ * PyEval_RestoreThread on its own thread state). */
+void bench_cpython_main_release(void);
+void bench_cpython_main_reacquire(void);
+void bench_cpython_thread_enter(void);
+void bench_cpython_thread_exit(void);
+void bench_cpython_gil_drop(void);
+void bench_cpython_gil_take(void);
+
 #endif /* PM_TOOLS_BENCH_BENCH_H */

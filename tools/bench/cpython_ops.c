@@ -11,6 +11,11 @@
  * it, with whatever arenas the interpreter's own start-up left in use. The isolated
  * configuration ignores PYTHONMALLOC, so a stray environment variable cannot swap in the
  * debug hooks or malloc and silently change what the "CPython pymalloc" row means.
+ *
+ * The multi-thread kernels make pymalloc thread-safe the two ways CPython can be: behind a
+ * mutex (bench.c, no Python state involved) or behind CPython's own GIL, which the
+ * functions at the end of this file take and give with the public C API, as a C extension
+ * that runs threads of its own would.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -18,6 +23,7 @@
 #include "tools/bench/bench.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 
 int bench_cpython_init(bench_ops *out) {
     PyConfig config;
@@ -43,4 +49,39 @@ int bench_cpython_init(bench_ops *out) {
 
 const char *bench_cpython_version(void) {
     return Py_GetVersion();
+}
+
+/* The main thread's state while workers run, and each worker's own. */
+static PyThreadState *main_state;
+static _Thread_local PyThreadState *worker_state;
+static _Thread_local PyGILState_STATE worker_gilstate;
+
+void bench_cpython_main_release(void) {
+    main_state = PyEval_SaveThread();
+}
+
+void bench_cpython_main_reacquire(void) {
+    PyEval_RestoreThread(main_state);
+    main_state = NULL;
+}
+
+void bench_cpython_thread_enter(void) {
+    worker_gilstate = PyGILState_Ensure();
+}
+
+void bench_cpython_thread_exit(void) {
+    PyGILState_Release(worker_gilstate);
+}
+
+void bench_cpython_gil_drop(void) {
+    worker_state = PyEval_SaveThread();
+}
+
+void bench_cpython_gil_take(void) {
+    if (worker_state == NULL) {
+        fprintf(stderr, "bench: bench_cpython_gil_take without bench_cpython_gil_drop\n");
+        abort();
+    }
+    PyEval_RestoreThread(worker_state);
+    worker_state = NULL;
 }
