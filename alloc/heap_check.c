@@ -26,11 +26,11 @@
  *     the stand-in heaps (bypass, unattached) is empty; for every heap (main, shared, each
  *     thread heap), each of its 32 used lists is NULL-terminated with consistent prev
  *     links, holds only pools the arena map says are ours whose headers say "used, not
- *     full, this class, this heap"; a thread heap's full list holds only its full pools and
- *     its stash only its empty ones. Over all heaps, each class's used lists have the same
+ *     full, this class, this heap"; a thread heap's stash holds only its empty pools, as
+ *     many per class as it counts. Over all heaps, each class's used lists have the same
  *     length and address fingerprint (of pool and owner) as the used pools of that class
- *     found in step 2, and likewise the full lists and stashes, so no list ends in a cycle
- *     and every pool is on exactly the list its state and owner call for.
+ *     found in step 2, and likewise the stashes, so no list ends in a cycle and every pool
+ *     is on exactly the list its state and owner call for (full pools on none).
  *  5. Every remote-free list (blocks other threads freed, not yet applied) ends, and holds
  *     only block-aligned blocks inside the carved part of a pool in use; in all, no more
  *     blocks than are counted in use.
@@ -71,9 +71,8 @@ typedef struct census {
 typedef struct heap_walk {
     const char *failure;            /* NULL until the first violation */
     census used[PM_NUM_CLASSES];    /* used (not full, not empty) pools per class */
-    census full;                    /* full pools owned by thread heaps */
     census stashed;                 /* empty pools owned by thread heaps */
-    census listed_used[PM_NUM_CLASSES], listed_full, listed_stashed; /* found on lists */
+    census listed_used[PM_NUM_CLASSES], listed_stashed; /* found on lists */
     size_t blocks_in_use;           /* sum of used counts */
     size_t remote_blocks;           /* blocks on remote-free lists */
 } heap_walk;
@@ -245,11 +244,7 @@ static bool check_pool(heap_walk *walk, const pm_arena *arena, const pm_pool *po
         return false;
     }
     walk->blocks_in_use += pm_pool_used(pool);
-    if (pool->free != NULL) {
-        census_add(&walk->used[size_class], pool, owner);
-    } else if (owner->kind == PM_HEAP_THREAD) {
-        census_add(&walk->full, pool, owner);
-    }
+    if (pool->free != NULL) census_add(&walk->used[size_class], pool, owner);
     return false;
 }
 
@@ -392,28 +387,6 @@ static void check_used_list(heap_walk *walk, const pm_heap *heap, unsigned c) {
         if (!listed_pool_ok(walk, heap, p, "used list")) return;
         listed->fingerprint += pool_print(p, heap);
     }
-    if (heap->kind != PM_HEAP_MAIN && count != heap->used_count[c]) {
-        fail(walk, "class %u: heap %p lists %zu used pools but counts %u", c, (const void *)heap,
-             count, heap->used_count[c]);
-    }
-}
-
-static void check_full_list(heap_walk *walk, const pm_heap *heap) {
-    const pm_pool *prev = NULL;
-    for (const pm_pool *p = heap->full; p != NULL; prev = p, p = p->next) {
-        if (!listed_pool_ok(walk, heap, p, "full list")) return;
-        if (++walk->listed_full.pools > walk->full.pools) {
-            fail(walk, "heap %p: full lists longer than the %zu full pools (cycle?)",
-                 (const void *)heap, walk->full.pools);
-            return;
-        }
-        if (p->prev != prev || !pm_pool_full(p) || p->free != NULL) {
-            fail(walk, "heap %p: pool %p on its full list is %s", (const void *)heap,
-                 (const void *)p, p->prev != prev ? "mislinked" : "not full");
-            return;
-        }
-        walk->listed_full.fingerprint += pool_print(p, heap);
-    }
 }
 
 static void check_stash(heap_walk *walk, const pm_heap *heap) {
@@ -475,10 +448,7 @@ static void check_heap(pm_heap *heap, void *arg) {
     for (unsigned c = 0; c < PM_NUM_CLASSES && walk->failure == NULL; c++) {
         check_used_list(walk, heap, c);
     }
-    if (walk->failure == NULL && heap->kind == PM_HEAP_THREAD) {
-        check_full_list(walk, heap);
-        if (walk->failure == NULL) check_stash(walk, heap);
-    }
+    if (walk->failure == NULL && heap->kind == PM_HEAP_THREAD) check_stash(walk, heap);
     if (walk->failure == NULL) check_remote_list(walk, heap);
 }
 
@@ -512,7 +482,6 @@ static const char *heap_check_locked(void) {
         snprintf(what, sizeof what, "class %u used pools", c);
         compare_census(&walk, &walk.used[c], &walk.listed_used[c], what);
     }
-    compare_census(&walk, &walk.full, &walk.listed_full, "thread heaps' full pools");
     compare_census(&walk, &walk.stashed, &walk.listed_stashed, "thread heaps' stashed pools");
     return walk.failure;
 }

@@ -156,8 +156,6 @@ void *pm_pymalloc_pool_exhausted(pm_pool *pool, pm_block *block) {
     if (next != NULL) next->prev = NULL;
     pool->next = NULL;
     pool->used_state |= PM_POOL_FULL;
-    /* A tail call that hands `block` back, so this function needs no stack frame. */
-    if (__builtin_expect(heap != &pm_main_heap, 0)) return pm_thread_cache_pool_full(heap, pool, block);
     return block;
 }
 
@@ -191,22 +189,22 @@ void *pm_pymalloc_malloc_slow(size_t nbytes, pm_heap *heap, int route) {
  * heap, or the GIL for the main heap. */
 void pm_pymalloc_free_slow(pm_pool *pool) {
     pm_heap *heap = pm_pool_owner_mine(pool);
-    if (__builtin_expect(heap != &pm_main_heap, 0)) {
-        pm_thread_cache_free_slow(heap, pool);
-        return;
-    }
     uint32_t state = pool->used_state;
     if (state & PM_POOL_FULL) {
         pool->used_state = state & ~PM_POOL_FULL;
-        if (pool->used_state == 0) {
-            pm_arena_return_pool(pool); /* full and now empty: it was on no list */
+        if (pool->used_state != 0) {
+            pm_heap_push_front(heap, pool); /* CPython puts it at the front too */
             return;
         }
-        pm_heap_push_front(heap, pool); /* CPython puts it at the front too */
-        return;
+        /* Full and now empty (a pool of one block): it was on no list. */
+    } else {
+        pm_heap_unlink(heap, pool); /* empty */
     }
-    pm_heap_unlink(heap, pool); /* empty */
-    pm_arena_return_pool(pool);
+    if (__builtin_expect(heap == &pm_main_heap, 1)) {
+        pm_arena_return_pool(pool);
+    } else {
+        pm_thread_cache_pool_empty(heap, pool);
+    }
 }
 
 /* The block's pool belongs to another heap (or this thread has no heap yet). */
@@ -221,11 +219,12 @@ void pm_pymalloc_free_other_heap(pm_pool *pool, void *p) {
         pm_pool_free_block(pool, (pm_block *)p);
         return;
     }
-    if (owner == NULL || owner->kind == PM_HEAP_SENTINEL) {
-        /* The pool is back in its arena: p was freed already, or never allocated. */
+    if (owner == NULL || owner->kind == PM_HEAP_SENTINEL || owner == &pm_main_heap) {
+        /* The pool is back in its arena: p was freed already, or never allocated (or, for
+         * the main heap, the mode changed under live blocks, which pm_init refuses). */
         pm_fatal_error("pm_free", "the block's pool is not in use (double free?)");
     }
-    if (owner == &pm_shared_heap) {
+    if (owner == &pm_shared_heap || !pm_atomic_load_int_acquire(&owner->attached)) {
         pm_thread_cache_free_to_shared(pool, p);
     } else {
         pm_lifo_push(&owner->remote, (pm_lifo_node *)p);

@@ -86,6 +86,10 @@ static void snapshot_arena(const pm_arena *arena, void *arg) {
             continue;
         }
         if (pm_pool_used(pool) == 0 || pool->size_class >= PM_NUM_CLASSES) continue;
+        const pm_heap *owner = pm_pool_owner(pool);
+        if (pm_pool_full(pool) && owner != NULL && owner->kind == PM_HEAP_THREAD) {
+            s->thread_full_pools++;
+        }
         size_t size = pm_class_block_size(pool->size_class);
         size_t capacity = pm_class_capacity(pool->size_class);
         size_t avail = capacity >= pm_pool_used(pool) ? capacity - pm_pool_used(pool) : 0;
@@ -117,15 +121,16 @@ static void snapshot_heap(pm_heap *heap, void *arg) {
     sum_counter(&s->cache.pools_from_arena, &c->pools_from_arena);
     sum_counter(&s->cache.pools_to_arena, &c->pools_to_arena);
     sum_counter(&s->cache.stash_hits, &c->stash_hits);
-    if (heap->kind == PM_HEAP_SHARED) {
-        for (unsigned k = 0; k < PM_NUM_CLASSES; k++) s->shared_pools += heap->used_count[k];
+    size_t listed = 0;
+    for (unsigned k = 0; k < PM_NUM_CLASSES; k++) {
+        if (heap->used[k] == &pm_no_pool) continue;
+        for (const pm_pool *p = heap->used[k]; p != NULL; p = p->next) listed++;
     }
+    if (heap->kind == PM_HEAP_SHARED) s->shared_pools += listed;
     if (heap->kind != PM_HEAP_THREAD) return;
     s->heaps++;
     if (pm_atomic_load_int_relaxed(&heap->attached)) s->threads_attached++;
-    if (!pm_threading.caches) return;
-    s->cached_pools += heap->cached_pools - heap->stash_count;
-    for (const pm_pool *p = heap->full; p != NULL; p = p->next) s->thread_full_pools++;
+    s->cached_pools += listed;
 }
 
 /* Walks the arenas and heaps. The caller holds the GIL or, with thread caches, the walk

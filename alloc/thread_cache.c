@@ -29,8 +29,12 @@
  * the shared heap and of detached heaps are drained by whoever holds the pool lock.
  *
  * Thread exit (pthread key destructor) and pm_thread_detach() drain the heap's remote list,
- * give its partly used and full pools to the shared heap (where any thread's refill adopts
- * them), return its stash to the arenas, and leave the heap for the next thread to recycle.
+ * give its partly used pools to the shared heap (where any thread's refill adopts them),
+ * return its stash to the arenas, and leave the heap for the next thread to recycle. Its
+ * full pools stay where they are: a thread heap does not list its full pools (that would
+ * cost every full/not-full transition a list update); the first block freed into one
+ * brings it to the shared heap, under the pool lock, and a thread that recycles the heap
+ * simply owns them again.
  *
  * Bounds. A cache keeps at most `pools_per_class` non-full pools per class and as many
  * empty pools in its stash, and at most min(bytes_per_thread, bytes_total / threads) bytes
@@ -206,7 +210,9 @@ pm_heap *pm_thread_attach(void) {
         return NULL;
     }
     heap->slots = pm_thread_heaps;
+    pm_pool_lock(); /* claim_for_shared reads `attached` under it */
     pm_atomic_store_int_release(&heap->attached, 1);
+    pm_pool_unlock();
     attached_threads++;
     pm_heap *own = pm_threading.caches ? heap : &pm_main_heap;
     pm_thread_heaps[PM_ROUTE_PYMALLOC] = own;
@@ -246,34 +252,31 @@ static bool stash_has_room(const pm_heap *heap, unsigned size_class) {
            ((size_t)heap->stash_count + 1) * PM_POOL_SIZE <= cache_byte_limit();
 }
 
-/* ---- counted list operations --------------------------------------------------------- *
- * Thread heaps and the shared heap count their used pools (the bounds, the statistics and
- * the heap check read the counts); cached_pools also counts a thread heap's stash. */
-
-static void list_push(pm_heap *heap, pm_pool *pool) {
-    pm_heap_push_front(heap, pool);
-    heap->used_count[pool->size_class]++;
-    heap->cached_pools++;
-}
-
-static void list_unlink(pm_heap *heap, pm_pool *pool) {
-    pm_heap_unlink(heap, pool);
-    heap->used_count[pool->size_class]--;
-    heap->cached_pools--;
-}
-
 /* ---- the shared heap (pool lock held) ------------------------------------------------ */
 
 static void give_to_shared(pm_heap *heap, pm_pool *pool) {
     pm_pool_set_owner(pool, &pm_shared_heap);
-    if (!pm_pool_full(pool)) list_push(&pm_shared_heap, pool);
+    if (!pm_pool_full(pool)) pm_heap_push_front(&pm_shared_heap, pool);
     counter_add(&heap->counters.pools_given, 1);
+}
+
+/* A detached heap keeps its full pools (finding them at detach would take a walk of every
+ * arena); the first block freed into one, by any thread, brings it to the shared heap here.
+ * Returns the pool's owner now: the shared heap, or an attached heap to forward to. */
+static pm_heap *claim_for_shared(pm_pool *pool) {
+    pm_heap *owner = pm_pool_owner(pool);
+    if (owner != &pm_shared_heap && owner != NULL && owner->kind == PM_HEAP_THREAD &&
+        !heap_attached(owner)) {
+        give_to_shared(owner, pool); /* full, so on no list until the block is applied */
+        owner = &pm_shared_heap;
+    }
+    return owner;
 }
 
 static pm_pool *adopt_from_shared(pm_heap *heap, unsigned size_class) {
     pm_pool *pool = pm_shared_heap.used[size_class];
     if (pool == &pm_no_pool) return NULL;
-    list_unlink(&pm_shared_heap, pool);
+    pm_heap_unlink(&pm_shared_heap, pool);
     pm_pool_set_owner(pool, heap);
     counter_add(&heap->counters.pools_adopted, 1);
     return pool;
@@ -299,7 +302,7 @@ static void drain_as_shared(pm_heap *heap) {
     while (node != NULL) {
         pm_lifo_node *next = pm_lifo_node_next(node);
         pm_pool *pool = pm_pool_of(node);
-        pm_heap *owner = pm_pool_owner(pool);
+        pm_heap *owner = claim_for_shared(pool);
         if (owner == &pm_shared_heap) {
             pm_shared_free_block(pool, (pm_block *)node);
             applied++;
@@ -317,7 +320,7 @@ static void drain_as_shared(pm_heap *heap) {
  * state, so the lock costs little. */
 void pm_thread_cache_free_to_shared(pm_pool *pool, void *p) {
     pm_pool_lock();
-    pm_heap *owner = pm_pool_owner(pool);
+    pm_heap *owner = claim_for_shared(pool);
     if (owner == &pm_shared_heap) {
         pm_shared_free_block(pool, (pm_block *)p);
         counter_add(&pm_shared_heap.counters.remote_received, 1);
@@ -361,7 +364,6 @@ static void stash_push(pm_heap *heap, pm_pool *pool) {
     heap->stash = pool;
     heap->stash_count++;
     heap->stash_per_class[pool->size_class]++;
-    heap->cached_pools++;
 }
 
 /* An empty pool from the stash, preferably one last used for `size_class` (its free list
@@ -380,7 +382,6 @@ static pm_pool *stash_take(pm_heap *heap, unsigned size_class) {
     pool->next = NULL;
     heap->stash_count--;
     heap->stash_per_class[pool->size_class]--;
-    heap->cached_pools--;
     counter_add(&heap->counters.stash_hits, 1);
     return pool;
 }
@@ -407,46 +408,14 @@ void *pm_thread_cache_refill(pm_heap *heap, unsigned size_class) {
         if (pool == NULL) return NULL;
     }
     pm_pool_prepare(pool, size_class);
-    list_push(heap, pool);
+    pm_heap_push_front(heap, pool);
     return pm_pool_pop_first(pool);
 }
 
-static void full_list_link(pm_heap *heap, pm_pool *pool) {
-    pool->prev = NULL;
-    pool->next = heap->full;
-    if (heap->full != NULL) heap->full->prev = pool;
-    heap->full = pool;
-}
-
-static void full_list_unlink(pm_heap *heap, pm_pool *pool) {
-    if (pool->prev != NULL) pool->prev->next = pool->next;
-    else heap->full = pool->next;
-    if (pool->next != NULL) pool->next->prev = pool->prev;
-    pool->next = pool->prev = NULL;
-}
-
-/* malloc's exhausted-pool path already took the pool off the used list. */
-void *pm_thread_cache_pool_full(pm_heap *heap, pm_pool *pool, void *block) {
-    heap->used_count[pool->size_class]--;
-    heap->cached_pools--;
-    full_list_link(heap, pool);
-    return block;
-}
-
-/* A full pool got a block back. It stays with this thread whatever the bounds: the blocks
- * still in it are this thread's, which is likely to free them, and handing the pool over
- * would turn each of those frees into a remote one (measured: a third more instructions
- * per step on a one-thread churn when pools were given away here). */
-static void pool_has_room(pm_heap *heap, pm_pool *pool) {
-    full_list_unlink(heap, pool);
-    list_push(heap, pool);
-}
-
-static void pool_empty(pm_heap *heap, pm_pool *pool, bool was_full) {
-    if (was_full) {
-        full_list_unlink(heap, pool);
-    } else {
-        list_unlink(heap, pool);
+void pm_thread_cache_pool_empty(pm_heap *heap, pm_pool *pool) {
+    if (heap->kind == PM_HEAP_SHARED) { /* the pool lock is held (drain_as_shared) */
+        pm_arena_return_pool(pool);
+        return;
     }
     if (stash_has_room(heap, pool->size_class)) {
         stash_push(heap, pool);
@@ -470,48 +439,18 @@ void pm_collect(void) {
     if (attached && !pm_lifo_is_empty(&own->remote)) drain_own(own);
 }
 
-void pm_thread_cache_free_slow(pm_heap *heap, pm_pool *pool) {
-    uint32_t state = pool->used_state;
-    bool was_full = (state & PM_POOL_FULL) != 0;
-    pool->used_state = state & ~PM_POOL_FULL;
-    bool empty = pool->used_state == 0;
-    if (heap->kind == PM_HEAP_SHARED) {
-        /* The pool lock is held (drain_as_shared). Full pools of the shared heap are on no
-         * list. */
-        if (!was_full) list_unlink(heap, pool);
-        if (empty) {
-            pm_arena_return_pool(pool);
-        } else {
-            list_push(heap, pool);
-        }
-        return;
-    }
-    if (heap->kind != PM_HEAP_THREAD) {
-        pm_fatal_error("pm_free", "a pool owned by a sentinel heap (heap corrupt)");
-    }
-    if (empty) {
-        pool_empty(heap, pool, was_full);
-    } else {
-        pool_has_room(heap, pool);
-    }
-}
-
 /* ---- detach -------------------------------------------------------------------------- */
 
-/* Pool lock held. Empties every list of `heap`: partly used and full pools to the shared
- * heap, stashed empty pools to their arenas. */
+/* Pool lock held. Empties every list of `heap`: partly used pools to the shared heap,
+ * stashed empty pools to their arenas. Full pools stay with the heap until a block is freed
+ * into one (claim_for_shared) or a new thread recycles the heap. */
 static void give_back_all(pm_heap *heap) {
     for (unsigned c = 0; c < PM_NUM_CLASSES; c++) {
         while (heap->used[c] != &pm_no_pool) {
             pm_pool *pool = heap->used[c];
-            list_unlink(heap, pool);
+            pm_heap_unlink(heap, pool);
             give_to_shared(heap, pool);
         }
-    }
-    while (heap->full != NULL) {
-        pm_pool *pool = heap->full;
-        full_list_unlink(heap, pool);
-        give_to_shared(heap, pool);
     }
     while (heap->stash != NULL) {
         pm_pool *pool = heap->stash;
@@ -521,7 +460,6 @@ static void give_back_all(pm_heap *heap) {
     }
     heap->stash_count = 0;
     memset(heap->stash_per_class, 0, sizeof heap->stash_per_class);
-    heap->cached_pools = 0;
 }
 
 static void reset_routes(void) {
@@ -532,15 +470,13 @@ static void reset_routes(void) {
 
 /* Runs in the heap's own thread (its key destructor, or pm_thread_detach). */
 static void detach(pm_heap *heap) {
-    if (pm_threading.caches) {
-        drain_own(heap);
-        pm_pool_lock();
-        give_back_all(heap);
-        pm_pool_unlock();
-    }
+    if (pm_threading.caches) drain_own(heap);
     registry_lock();
-    heap->slots = NULL;
+    pm_pool_lock();
+    if (pm_threading.caches) give_back_all(heap);
     pm_atomic_store_int_release(&heap->attached, 0);
+    pm_pool_unlock();
+    heap->slots = NULL;
     attached_threads--;
     reset_routes();
     registry_unlock();
@@ -632,12 +568,9 @@ static void fork_child(void) PM_NO_THREAD_SAFETY_ANALYSIS {
             continue;
         }
         /* A thread of the parent: its lists may be torn, so forget them. */
-        for (unsigned c = 0; c < PM_NUM_CLASSES; c++) {
-            h->used[c] = &pm_no_pool;
-            h->used_count[c] = 0;
-        }
-        h->full = h->stash = NULL;
-        h->stash_count = h->cached_pools = 0;
+        for (unsigned c = 0; c < PM_NUM_CLASSES; c++) h->used[c] = &pm_no_pool;
+        h->stash = NULL;
+        h->stash_count = 0;
         memset(h->stash_per_class, 0, sizeof h->stash_per_class);
         h->slots = NULL;
         pm_atomic_store_int_release(&h->attached, 0);

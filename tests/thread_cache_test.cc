@@ -319,6 +319,30 @@ TEST_F(ThreadCacheTest, AnExitedThreadsPoolsAreAdoptedByOthers) {
     for (void *p : fresh) Free(PM_DOMAIN_OBJ, p);
 }
 
+TEST_F(ThreadCacheTest, AnExitedThreadsFullPoolGoesSharedOnItsFirstFree) {
+    std::vector<void *> blocks;
+    pm_pool *full = nullptr;
+    std::thread([&] {
+        blocks.push_back(Alloc(PM_DOMAIN_OBJ, 200, false));
+        pm_pool *pool = pm_pool_of(blocks[0]);
+        while (!pm_pool_full(pool)) blocks.push_back(Alloc(PM_DOMAIN_OBJ, 200, false));
+        full = pool;
+    }).join();
+    ASSERT_NE(full, nullptr);
+    pm_heap *exited = pm_pool_owner(full);
+    EXPECT_EQ(exited->attached, 0) << "the thread has exited";
+    std::vector<void *> in_full;
+    for (void *p : blocks) {
+        if (pm_pool_of(p) == full) in_full.push_back(p);
+    }
+    Free(PM_DOMAIN_OBJ, in_full[0]);
+    EXPECT_EQ(pm_pool_owner(full), &pm_shared_heap) << "claimed by the shared heap at once";
+    EXPECT_FALSE(pm_pool_full(full));
+    for (void *p : blocks) {
+        if (p != in_full[0]) Free(PM_DOMAIN_OBJ, p);
+    }
+}
+
 TEST_F(ThreadCacheTest, DetachHandsEverythingBackAndTheThreadMayComeBack) {
     std::thread([&] {
         std::vector<void *> blocks;
@@ -384,7 +408,7 @@ TEST_F(ThreadCacheTest, CachesStayWithinTheirBounds) {
         pm_heap *heap = pm_own_heap();
         EXPECT_LE(heap->stash_per_class[size_class], config.cache_pools_per_class);
         EXPECT_LE(heap->stash_count * PM_POOL_SIZE, config.cache_bytes_per_thread);
-        EXPECT_EQ(heap->used_count[size_class], 0u);
+        EXPECT_EQ(heap->used[size_class], &pm_no_pool);
     }).join();
     EXPECT_GE(to_arena(), returned_before + 2 * config.cache_pools_per_class)
         << "the pools beyond the bound went back to their arenas";

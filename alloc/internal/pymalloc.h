@@ -158,10 +158,6 @@ typedef enum pm_heap_kind {
 typedef struct pm_heap {
     pm_pool *used[PM_NUM_CLASSES];
     pm_heap_kind kind;
-    int attached;                        /* a thread uses it (PM_HEAP_THREAD only) */
-    uint32_t used_count[PM_NUM_CLASSES]; /* pools on used[c] */
-    uint32_t cached_pools;               /* sum of used_count + stash_count */
-    pm_pool *full;                       /* full pools (thread heaps only), via next/prev */
     pm_pool *stash;                      /* empty pools kept for reuse, via next */
     uint32_t stash_count;
     uint32_t stash_per_class[PM_NUM_CLASSES]; /* by each stashed pool's last class */
@@ -169,9 +165,11 @@ typedef struct pm_heap {
     struct pm_heap **slots;              /* the attached thread's pm_thread_heaps */
     pm_heap_counters counters;
     /* Blocks freed by other threads into this heap's pools, taken by the owner in batches.
-     * On a cache line of its own: other threads write it while the owner reads used[]. */
+     * On a cache line of its own (other threads write it while the owner reads used[]),
+     * with the one other field a remote free reads: whether a thread uses the heap. */
     pm_lifo remote __attribute__((aligned(64)));
-    char remote_line_pad[64 - sizeof(pm_lifo)];
+    int attached; /* PM_HEAP_THREAD: a thread uses it; changes under the pool lock */
+    char remote_line_pad[64 - sizeof(pm_lifo) - sizeof(int)];
 } pm_heap;
 
 extern pm_pool pm_no_pool;
@@ -456,13 +454,13 @@ pm_heap *pm_thread_attach(void);
 /* A thread heap's malloc found class `size_class` empty: fill it from the heap's remote
  * frees, its stash, the shared heap or the arenas. Returns a block or NULL. */
 void *pm_thread_cache_refill(pm_heap *heap, unsigned size_class);
-/* The slow-path transitions of a thread heap's pools (pymalloc.c calls these). */
-void *pm_thread_cache_pool_full(pm_heap *heap, pm_pool *pool, void *block); /* returns block */
-/* free's slow path for a pool of a thread heap or of the shared heap (pool lock held). */
-void pm_thread_cache_free_slow(pm_heap *heap, pm_pool *pool);
+/* A pool of a thread heap (or of the shared heap, pool lock held) became empty and is off
+ * every list: into the stash, or back to its arena. */
+void pm_thread_cache_pool_empty(pm_heap *heap, pm_pool *pool);
 /* Frees a block of a shared-heap pool, under the pool lock. */
 void pm_shared_free_block(pm_pool *pool, pm_block *block);
-/* A free into a pool the shared heap owns, by any thread: takes the pool lock. */
+/* A free into a pool no attached thread owns (the shared heap's, or a detached heap's full
+ * pool), by any thread: takes the pool lock. */
 void pm_thread_cache_free_to_shared(pm_pool *pool, void *p);
 
 /* Visits every heap that can own pools: main, shared and each thread heap. Quiescence is
