@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -357,11 +358,18 @@ TEST_F(ThreadCacheTest, DetachHandsEverythingBackAndTheThreadMayComeBack) {
     }).join();
 }
 
+// A size from the environment (tools/stress_thread_caches.sh sets them for long runs).
+int FromEnv(const char *name, int fallback) {
+    const char *text = getenv(name);
+    return text != nullptr && atoi(text) > 0 ? atoi(text) : fallback;
+}
+
 TEST_F(ThreadCacheTest, StressWithThreadsComingAndGoing) {
-    // 2 to 8 threads at once, 16 in all; each hands blocks to the others and some of its
-    // blocks outlive it. Short enough for TSan in CI (tools/ has the long run).
-    constexpr int kWaves = 4;
-    constexpr int kOperations = 3000;
+    // 2 to 8 threads at once, 16 in all by default; each hands blocks to the others and some
+    // of its blocks outlive it. Short enough for TSan in CI; tools/stress_thread_caches.sh
+    // runs it long.
+    const int kWaves = FromEnv("PM_STRESS_WAVES", 4);
+    const int kOperations = FromEnv("PM_STRESS_OPERATIONS", 3000);
     Mailbox mailbox;
     unsigned seed = 1;
     for (int wave = 0; wave < kWaves; wave++) {
