@@ -225,7 +225,7 @@ void pm_pymalloc_free_other_heap(pm_pool *pool, void *p) {
         pm_fatal_error("pm_free", "the block's pool is not in use (double free?)");
     }
     if (owner == &pm_shared_heap || !pm_atomic_load_int_acquire(&owner->attached)) {
-        pm_thread_cache_free_to_shared(pool, p);
+        pm_thread_cache_free_to_shared(owner, p);
     } else {
         pm_lifo_push(&owner->remote, (pm_lifo_node *)p);
     }

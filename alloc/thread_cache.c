@@ -26,7 +26,8 @@
  * the pool's current owner. Nothing is lost because (1) a block in flight still counts as
  * in use, so its pool cannot empty, go back to its arena and be reused meanwhile, and (2)
  * heaps are never freed, only recycled, so a remote list stays valid forever. The lists of
- * the shared heap and of detached heaps are drained by whoever holds the pool lock.
+ * the shared heap and of detached heaps are drained by whoever holds the pool lock: the
+ * freeing thread itself when a trylock succeeds, else the next refill or pm_collect().
  *
  * Thread exit (pthread key destructor) and pm_thread_detach() drain the heap's remote list,
  * give its partly used pools to the shared heap (where any thread's refill adopts them),
@@ -122,6 +123,18 @@ void pm_pool_lock(void) PM_NO_THREAD_SAFETY_ANALYSIS {
     if (!pm_threading.caches) return;
     order_acquire(RANK_POOL, "pymalloc-mt pool lock");
     pm_mutex_lock(&pool_mutex);
+}
+
+/* Only with caches (the callers are thread-cache paths). */
+static bool pool_trylock(void) PM_NO_THREAD_SAFETY_ANALYSIS {
+#ifndef NDEBUG
+    if ((held_ranks >> RANK_POOL) != 0) {
+        pm_fatal_error("pymalloc-mt pool lock", "trylock while holding it");
+    }
+#endif
+    if (!pm_mutex_trylock(&pool_mutex)) return false;
+    order_acquire(RANK_POOL, "pymalloc-mt pool lock");
+    return true;
 }
 
 void pm_pool_unlock(void) PM_NO_THREAD_SAFETY_ANALYSIS {
@@ -314,19 +327,14 @@ static void drain_as_shared(pm_heap *heap) {
     counter_add(&pm_shared_heap.counters.remote_received, applied);
 }
 
-/* A block of a pool no thread owns (its owner exited, or it came from a fork's vanished
- * threads): applied at once under the pool lock, so that a program whose threads have
- * exited gets its memory back without waiting for another thread's refill. Rare in steady
- * state, so the lock costs little. */
-void pm_thread_cache_free_to_shared(pm_pool *pool, void *p) {
-    pm_pool_lock();
-    pm_heap *owner = claim_for_shared(pool);
-    if (owner == &pm_shared_heap) {
-        pm_shared_free_block(pool, (pm_block *)p);
-        counter_add(&pm_shared_heap.counters.remote_received, 1);
-    } else {
-        forward(owner, (pm_lifo_node *)p); /* adopted meanwhile */
-    }
+/* A block of a pool no attached thread owns (the shared heap's, or a detached heap's full
+ * pool). It goes on that heap's remote list, without a lock like every remote free; then,
+ * if the pool lock happens to be free, the list is applied at once, so that the memory of
+ * exited threads comes back as it is freed rather than at the next refill. Never waits. */
+void pm_thread_cache_free_to_shared(pm_heap *owner, void *p) {
+    pm_lifo_push(&owner->remote, (pm_lifo_node *)p);
+    if (!pool_trylock()) return; /* the holder's refill, or a later call, will apply it */
+    drain_as_shared(owner);
     pm_pool_unlock();
 }
 

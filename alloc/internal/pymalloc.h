@@ -460,8 +460,9 @@ void pm_thread_cache_pool_empty(pm_heap *heap, pm_pool *pool);
 /* Frees a block of a shared-heap pool, under the pool lock. */
 void pm_shared_free_block(pm_pool *pool, pm_block *block);
 /* A free into a pool no attached thread owns (the shared heap's, or a detached heap's full
- * pool), by any thread: takes the pool lock. */
-void pm_thread_cache_free_to_shared(pm_pool *pool, void *p);
+ * pool), by any thread: onto `owner`'s remote list, applied at once if the pool lock is
+ * free. */
+void pm_thread_cache_free_to_shared(pm_heap *owner, void *p);
 
 /* Visits every heap that can own pools: main, shared and each thread heap. Quiescence is
  * the caller's business (heap check, statistics). */
