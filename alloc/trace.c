@@ -21,8 +21,9 @@
  * The domain is part of the interned traceback, so a slot is 24 bytes; at the 3/4 maximum
  * load and doubling, a table averages about 56% full: ~43 bytes of table per trace.
  * Tracebacks are interned in 16 shards by frame hash (same slot scheme, frames in 64 KiB
- * bump chunks); a thread also remembers its last traceback, so repeated call sites skip
- * that lock. A 1-frame traceback is 32 bytes, shared by every block from its call site.
+ * bump chunks); a thread keeps a copy of its last short traceback, so a repeated call
+ * site skips that lock. A 1-frame traceback is 32 bytes, shared by every block from its
+ * call site.
  *
  * Locking. No GIL anywhere (CPython's raw hook takes it, which has deadlocked programs):
  * a traced allocation takes its traceback shard's lock (unless the thread cache hits) and
@@ -97,6 +98,7 @@
 #define SAMPLED_FLAG ((size_t)1 << 63)
 #define MAX_SKIP 32 /* native frames a calibration may skip */
 #define CALIBRATION_DEPTH 128
+#define CACHED_FRAMES 4 /* tracebacks this short skip the traceback lock when repeated */
 
 enum trace_op { OP_MALLOC, OP_CALLOC, OP_REALLOC, OP_COUNT };
 
@@ -176,8 +178,16 @@ typedef struct trace_thread {
     size_t countdown_mean;      /* the mean it was drawn with; 0: not drawn */
     uint64_t rng;               /* xorshift64* state; 0: not seeded */
     size_t peak_growth;         /* traced bytes risen since this thread's last peak check */
-    const pm_trace_tb *last_tb; /* the last traceback interned, valid in last_session */
+    /* The last short traceback interned, with a copy of its frames: comparing against the
+     * copy never touches the traceback, which a concurrent stop or clear may free. The
+     * pointer is only stored if the session is still last_session (checked under the
+     * shard lock), and session numbers are never reused, so it is valid then. */
+    const pm_trace_tb *last_tb;
     size_t last_session;
+    uint32_t last_hash;
+    uint32_t last_domain;
+    size_t last_nframes;
+    pm_trace_frame last_frames[CACHED_FRAMES];
     pm_trace_frame *frames; /* capture buffer: frames_cap frames, then as many pcs */
     size_t frames_cap;
     /* The trace a free or realloc in progress took out, for the debug report. */
@@ -456,8 +466,8 @@ static int tb_reserve(tb_shard *s) PM_REQUIRES(s->lock) {
 static const pm_trace_tb *tb_intern(unsigned domain, const pm_trace_frame *frames, size_t n,
                                     size_t session) {
     uint32_t hash = frames_hash(domain, frames, n);
-    if (tls.last_session == session && tls.last_tb != NULL &&
-        tb_equal(tls.last_tb, hash, domain, frames, n)) {
+    if (tls.last_session == session && tls.last_hash == hash && tls.last_domain == domain &&
+        tls.last_nframes == n && memcmp(tls.last_frames, frames, n * sizeof *frames) == 0) {
         return tls.last_tb;
     }
     tb_shard *s = &tb_shards[hash % TB_SHARDS];
@@ -487,9 +497,13 @@ static const pm_trace_tb *tb_intern(unsigned domain, const pm_trace_frame *frame
         }
     }
     pm_spinlock_unlock(&s->lock);
-    if (result != NULL) {
+    if (result != NULL && n <= CACHED_FRAMES) {
         tls.last_tb = result;
         tls.last_session = session;
+        tls.last_hash = hash;
+        tls.last_domain = domain;
+        tls.last_nframes = n;
+        memcpy(tls.last_frames, frames, n * sizeof *frames);
     }
     return result;
 }
