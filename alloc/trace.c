@@ -97,7 +97,7 @@
 #define FILTER_PER_SHARD 256
 #define SAMPLED_FLAG ((size_t)1 << 63)
 #define MAX_SKIP 32 /* native frames a calibration may skip */
-#define CALIBRATION_DEPTH 128
+#define CALIBRATION_DEPTH 256
 #define CACHED_FRAMES 4 /* tracebacks this short skip the traceback lock when repeated */
 
 enum trace_op { OP_MALLOC, OP_CALLOC, OP_REALLOC, OP_COUNT };
@@ -193,11 +193,7 @@ typedef struct trace_thread {
     /* The trace a free or realloc in progress took out, for the debug report. */
     uintptr_t removed_ptr;
     const pm_trace_tb *removed_tb;
-    /* Calibration of native stacks (pm_trace_start). */
-    int calibrating;
-    int calibrated_skip;
-    int reference_depth;
-    void *reference[CALIBRATION_DEPTH];
+    int calibrating; /* inside pm_trace_start's probes: hooks measure, not trace */
 } trace_thread;
 
 static __thread trace_thread tls __attribute__((tls_model("initial-exec")));
@@ -555,27 +551,30 @@ __attribute__((noinline)) static const pm_trace_tb *capture(unsigned domain, int
     return tb_intern(domain, tls.frames, n, session);
 }
 
-/* Called instead of capture() while calibrating: finds the probe's frame in this stack. */
+/* The probe's own stack and what calibrate_here found; only start() calibrates, holding
+ * the control mutex, so plain statics do. */
+static void *calibration_reference[CALIBRATION_DEPTH];
+static int calibration_reference_depth;
+static int calibrated_skip;
+
+/* Called instead of capture() while calibrating, from the same place in record(), so its
+ * stack has capture()'s depth: the frames it shares with the probe's own stack, counted
+ * from the outermost, are the probe's callers; the frame just inside them is the probe
+ * (the caller a real trace wants), and everything before it is ours to skip. Comparing
+ * from the outer end makes frames that a runtime adds at the top (a sanitizer's
+ * backtrace interceptor) count as ours too. */
 __attribute__((noinline)) static void calibrate_here(void) {
     void *pcs[CALIBRATION_DEPTH];
     int depth = backtrace(pcs, CALIBRATION_DEPTH);
-    /* Frame k is the probe's if the frames above it are the probe's callers. */
-    for (int k = 1; k < depth && k <= MAX_SKIP; k++) {
-        int compared = 0;
-        bool same = true;
-        for (int j = 1; k + j < depth && j < tls.reference_depth; j++, compared++) {
-            if (pcs[k + j] != tls.reference[j]) {
-                same = false;
-                break;
-            }
-        }
-        if (same && compared > 0) {
-            /* The probe's frame is k here; record() and capture() add one frame each
-             * that calibrate_here's caller chain has too, so k frames are ours. */
-            tls.calibrated_skip = k;
-            return;
-        }
+    int reference_depth = calibration_reference_depth;
+    if (depth == CALIBRATION_DEPTH || reference_depth == CALIBRATION_DEPTH) return; /* truncated */
+    int shared = 0;
+    while (shared < depth && shared < reference_depth &&
+           pcs[depth - 1 - shared] == calibration_reference[reference_depth - 1 - shared]) {
+        shared++;
     }
+    int probe = depth - 1 - shared;
+    if (shared > 0 && probe >= 1 && probe <= MAX_SKIP) calibrated_skip = probe;
 }
 
 /* The trace of a new block. Returns 0 (stored, or tracing stopped meanwhile) or -1. */
@@ -890,8 +889,8 @@ static void reset_tables(bool release_memory) PM_REQUIRES(control) {
 
 /* Allocates through (domain, op) from a frame whose stack it recorded first. */
 __attribute__((noinline)) static int calibrate_probe(pm_domain domain, int op) PM_GIL_REQUIRED {
-    tls.reference_depth = backtrace(tls.reference, CALIBRATION_DEPTH);
-    tls.calibrated_skip = -1;
+    calibration_reference_depth = backtrace(calibration_reference, CALIBRATION_DEPTH);
+    calibrated_skip = -1;
     tls.calibrating = 1;
     int64_t saved_countdown = tls.countdown;
     tls.countdown = 0; /* sampling: take the slow path, which samples while calibrating */
@@ -914,7 +913,7 @@ __attribute__((noinline)) static int calibrate_probe(pm_domain domain, int op) P
     case PM_DOMAIN_MEM: pm_mem_free(p); break;
     default: pm_obj_free(p); break;
     }
-    return tls.calibrated_skip;
+    return calibrated_skip;
 }
 
 static void calibrate(void) PM_GIL_REQUIRED {

@@ -55,11 +55,11 @@ TEST_F(TraceThreadsTest, CurrentIsExactAcrossThreadsAndCrossThreadFrees) {
         ASSERT_EQ(0, pm_trace_start(2));
     }
     constexpr int kThreads = 6;
-    const int kPerThread = 4000 / kScale;
+    constexpr int kPerThread = 4000 / kScale;
     std::vector<std::vector<Block>> kept(kThreads);
     std::vector<std::thread> threads;
     for (int t = 0; t < kThreads; t++) {
-        threads.emplace_back([t, kPerThread, &kept] {
+        threads.emplace_back([t, &kept] {
             Frame frame("worker.py", size_t(t));
             bool object = t % 2 == 1;  // odd threads use the object domain, with the GIL
             std::vector<Block> live;
@@ -150,9 +150,12 @@ TEST_F(TraceThreadsTest, StartStopClearAndSnapshotsWhileThreadsAllocate) {
                 }
                 i++;
             }
-            if (t == 2) pm_gil_acquire();
-            for (void *p : live) t == 2 ? pm_obj_free(p) : pm_raw_free(p);
-            if (t == 2) pm_gil_release();
+            if (t == 2) {
+                GilScope gil;
+                for (void *p : live) pm_obj_free(p);
+            } else {
+                for (void *p : live) pm_raw_free(p);
+            }
         });
     }
     const int kRounds = 60 / kScale;
