@@ -256,9 +256,15 @@ static inline int *filter_count(uint64_t h) {
 /* ---- accounting ------------------------------------------------------------------------ */
 
 /* Bytes a trace stands for: its size, or its sampling weight s / (1 - exp(-s/N)). */
-static size_t accounted(size_t size_field) {
+static size_t sampled_weight(size_t size_field);
+
+static inline size_t accounted(size_t size_field) {
+    if (__builtin_expect(!(size_field & SAMPLED_FLAG), 1)) return size_field;
+    return sampled_weight(size_field);
+}
+
+__attribute__((noinline)) static size_t sampled_weight(size_t size_field) {
     size_t size = size_field & ~SAMPLED_FLAG;
-    if (!(size_field & SAMPLED_FLAG)) return size;
     size_t mean = pm_atomic_load_size_relaxed(&sample_mean);
     if (mean == 0 || size == 0) return size;
     double p = -expm1(-(double)size / (double)mean);
@@ -736,22 +742,32 @@ static void *hook_realloc(void *ctx, void *ptr, size_t new_size) {
     return traced_realloc(h, ptr, new_size, sampled);
 }
 
+/* A free that may untrace: the filter says the pointer may be traced. */
+__attribute__((noinline)) static void traced_free(const hook_ctx *h, void *ptr) {
+    trace_slot old;
+    /* Untrace first: once freed, the address may be handed to another thread. */
+    if (pm_atomic_load_size_acquire(&active_session) == 0 ||
+        !trace_remove(h->domain, (uintptr_t)ptr, &old)) {
+        h->wrapped.free(h->wrapped.ctx, ptr);
+        return;
+    }
+    tls.removed_ptr = (uintptr_t)ptr;
+    tls.removed_tb = old.tb;
+    h->wrapped.free(h->wrapped.ctx, ptr);
+    tls.removed_ptr = 0;
+}
+
+/* No depth count around the wrapped free: a nested free (pymalloc handing a large block to
+ * the raw domain) finds no trace under the raw domain, since the nested allocation was not
+ * traced, so it only costs a filter check. The common untraced free is a tail call. */
 static void hook_free(void *ctx, void *ptr) {
     const hook_ctx *h = ctx;
     if (tls.depth == 0 && ptr != NULL &&
-        pm_atomic_load_int_relaxed(filter_count(ptr_hash((uintptr_t)ptr))) != 0 &&
-        pm_atomic_load_size_acquire(&active_session) != 0) {
-        /* Untrace first: once freed, the address may be handed to another thread. */
-        trace_slot old;
-        if (trace_remove(h->domain, (uintptr_t)ptr, &old)) {
-            tls.removed_ptr = (uintptr_t)ptr;
-            tls.removed_tb = old.tb;
-        }
+        pm_atomic_load_int_relaxed(filter_count(ptr_hash((uintptr_t)ptr))) != 0) {
+        traced_free(h, ptr);
+        return;
     }
-    tls.depth++;
     h->wrapped.free(h->wrapped.ctx, ptr);
-    tls.depth--;
-    tls.removed_ptr = 0;
 }
 
 static bool is_hook(const pm_allocator *a) {

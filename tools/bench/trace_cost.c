@@ -3,11 +3,13 @@
  * live blocks of random sizes 1..512; each step frees a random block and allocates a new
  * random size in its place. The GIL is held throughout, as the object domain requires.
  *
- *   bazel run -c opt //tools/bench:trace_cost [-- --steps=N --rounds=R]
+ *   bazel run -c opt //tools/bench:trace_cost [-- --steps=N --rounds=R --modes=full,...]
  *
  * Modes, each run once per round, rounds interleaved so that machine noise falls on all:
  *
  *   untraced   no tracing
+ *   hooked     a wrapper that only passes calls on, installed on the object domain: the floor
+ *              any tracemalloc-style hook pays, since pymalloc's inline paths are bypassed
  *   full       pm_trace_start(1) with a frame provider, as a language runtime would install
  *              one: it hands over the current (file, line), drawn from 256 call sites
  *   native     pm_trace_start(1) without a provider: one native frame via backtrace(3)
@@ -20,6 +22,7 @@
  * time of this thread (CLOCK_THREAD_CPUTIME_ID). The last line is "RESULT {json}".
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,8 +34,14 @@
 
 enum { SLOTS = 100000, SITES = 256 };
 
-typedef enum mode { UNTRACED, FULL, NATIVE, SAMPLING, MODES } mode;
-static const char *const mode_names[MODES] = {"untraced", "full", "native", "sampling"};
+typedef enum mode { UNTRACED, HOOKED, FULL, NATIVE, SAMPLING, MODES } mode;
+static const char *const mode_names[MODES] = {"untraced", "hooked", "full", "native", "sampling"};
+
+static pm_allocator below;
+static void *pass_malloc(void *ctx, size_t n) { (void)ctx; return below.malloc(below.ctx, n); }
+static void *pass_calloc(void *ctx, size_t n, size_t e) { (void)ctx; return below.calloc(below.ctx, n, e); }
+static void *pass_realloc(void *ctx, void *p, size_t n) { (void)ctx; return below.realloc(below.ctx, p, n); }
+static void pass_free(void *ctx, void *p) { (void)ctx; below.free(below.ctx, p); }
 
 /* The "interpreter's" current line, set by the kernel before each allocation. */
 static pm_trace_frame current_frame = {"bench.py", 0};
@@ -72,7 +81,9 @@ static double now_ns(void) {
 }
 
 static int start_mode(mode m) PM_GIL_REQUIRED {
+    static const pm_allocator pass = {NULL, pass_malloc, pass_calloc, pass_realloc, pass_free};
     switch (m) {
+    case HOOKED: return pm_get_allocator(PM_DOMAIN_OBJ, &below) || pm_set_allocator(PM_DOMAIN_OBJ, &pass);
     case FULL: return pm_trace_start(1);
     case NATIVE: return pm_trace_start(1);
     case SAMPLING: return pm_trace_start_sampling(1, 0);
@@ -104,7 +115,7 @@ static measurement run_mode(mode m, const inputs *in, char **blocks) PM_GIL_REQU
         blocks[slot] = p;
     }
     out.ns_per_step = (now_ns() - begin) / (double)in->steps;
-    if (m != UNTRACED) {
+    if (m != UNTRACED && m != HOOKED) {
         pm_trace_snapshot *snapshot = pm_trace_take_snapshot();
         size_t traced = snapshot ? pm_trace_snapshot_count(snapshot) : 0;
         pm_trace_snapshot_free(snapshot);
@@ -112,6 +123,7 @@ static measurement run_mode(mode m, const inputs *in, char **blocks) PM_GIL_REQU
         out.tracer_bytes_per_block = traced ? (double)pm_trace_get_memory() / (double)traced : 0;
     }
     for (size_t i = 0; i < SLOTS; i++) pm_obj_free(blocks[i]);
+    if (m == HOOKED) (void)pm_set_allocator(PM_DOMAIN_OBJ, &below);
     pm_trace_stop();
     return out;
 }
@@ -129,13 +141,17 @@ static double median(double *values, size_t n) {
 int main(int argc, char **argv) {
     size_t steps = 1000000;
     size_t rounds = 5;
+    bool enabled[MODES] = {true, true, true, true, true};
     for (int i = 1; i < argc; i++) {
         if (strncmp(argv[i], "--steps=", 8) == 0) {
             steps = strtoull(argv[i] + 8, NULL, 10);
         } else if (strncmp(argv[i], "--rounds=", 9) == 0) {
             rounds = strtoull(argv[i] + 9, NULL, 10);
+        } else if (strncmp(argv[i], "--modes=", 8) == 0) {
+            /* untraced always runs: the ratios need it */
+            for (int m = 1; m < MODES; m++) enabled[m] = strstr(argv[i] + 8, mode_names[m]) != NULL;
         } else {
-            fprintf(stderr, "usage: trace_cost [--steps=N] [--rounds=R]\n");
+            fprintf(stderr, "usage: trace_cost [--steps=N] [--rounds=R] [--modes=hooked,full,native,sampling]\n");
             return 2;
         }
     }
@@ -157,13 +173,15 @@ int main(int argc, char **argv) {
     pm_gil_acquire();
     for (size_t r = 0; r < rounds; r++) {
         for (int m = 0; m < MODES; m++) {
-            measurement result = run_mode((mode)m, &in, blocks);
+            measurement result = {0, 0};
+            if (enabled[m]) result = run_mode((mode)m, &in, blocks);
             ns[m][r] = result.ns_per_step;
             bytes[m][r] = result.tracer_bytes_per_block;
         }
         for (int m = 0; m < MODES; m++) ratio[m][r] = ns[m][r] / ns[UNTRACED][r];
-        fprintf(stderr, "round %zu: untraced %.1f, full %.1f, native %.1f, sampling %.1f ns/step\n",
-                r + 1, ns[UNTRACED][r], ns[FULL][r], ns[NATIVE][r], ns[SAMPLING][r]);
+        fprintf(stderr, "round %zu:", r + 1);
+        for (int m = 0; m < MODES; m++) fprintf(stderr, " %s %.1f", mode_names[m], ns[m][r]);
+        fprintf(stderr, " ns/step\n");
     }
     pm_gil_release();
 
