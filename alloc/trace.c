@@ -298,14 +298,23 @@ static void note_shrink(size_t bytes) {
 
 /* ---- the trace shards ------------------------------------------------------------------ */
 
+/* The slot of (ptr, domain) (*found), or the empty slot that ends its probe run. The
+ * table must exist. */
+static size_t shard_probe(const trace_shard *s, uintptr_t ptr, uint64_t h, unsigned domain,
+                          bool *found) PM_REQUIRES(s->lock) {
+    for (size_t i = home_slot(h, s->mask);; i = (i + 1) & s->mask) {
+        const trace_slot *slot = &s->slots[i];
+        *found = slot->ptr == ptr && slot->tb->domain == domain;
+        if (*found || slot->ptr == 0) return i;
+    }
+}
+
 static ptrdiff_t shard_find(const trace_shard *s, uintptr_t ptr, uint64_t h, unsigned domain)
     PM_REQUIRES(s->lock) {
     if (s->slots == NULL) return -1;
-    for (size_t i = home_slot(h, s->mask);; i = (i + 1) & s->mask) {
-        const trace_slot *slot = &s->slots[i];
-        if (slot->ptr == 0) return -1;
-        if (slot->ptr == ptr && slot->tb->domain == domain) return (ptrdiff_t)i;
-    }
+    bool found;
+    size_t i = shard_probe(s, ptr, h, domain, &found);
+    return found ? (ptrdiff_t)i : -1;
 }
 
 static void shard_place(trace_slot *slots, size_t mask, trace_slot entry) {
@@ -361,19 +370,22 @@ static int trace_insert(uintptr_t ptr, size_t size_field, const pm_trace_tb *tb,
         pm_spinlock_unlock(&s->lock);
         return 0;
     }
-    ptrdiff_t found = shard_find(s, ptr, h, tb->domain);
-    if (found >= 0) {
-        trace_slot *slot = &s->slots[found];
+    bool found = false;
+    size_t i = s->slots != NULL ? shard_probe(s, ptr, h, tb->domain, &found) : 0;
+    if (found) {
+        trace_slot *slot = &s->slots[i];
         size_t current = s->current - accounted(slot->size) + bytes;
         slot->size = size_field;
         slot->tb = tb;
         pm_atomic_store_size_relaxed(&s->current, current);
     } else {
+        const trace_slot *before = s->slots;
         if (shard_reserve(s) != 0) {
             pm_spinlock_unlock(&s->lock);
             return -1;
         }
-        shard_place(s->slots, s->mask, (trace_slot){ptr, size_field, tb});
+        if (s->slots != before) i = shard_probe(s, ptr, h, tb->domain, &found); /* rehashed */
+        s->slots[i] = (trace_slot){ptr, size_field, tb};
         s->used++;
         int *count = filter_count(h);
         pm_atomic_store_int_relaxed(count, pm_atomic_load_int_relaxed(count) + 1);
