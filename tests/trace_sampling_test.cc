@@ -130,4 +130,27 @@ TEST_F(SamplingTest, ReallocMovesOrDropsTheSample) {
     EXPECT_EQ(0u, Current());
 }
 
+TEST_F(SamplingTest, PymallocsFallBackToRawIsNeverSampledAgain) {
+    GilScope gil;
+    // 1000 bytes go from the object domain to the raw one; at this rate about 40% of the
+    // outer calls are skipped, and their nested raw calls must not be sampled instead.
+    ASSERT_EQ(0, pm_trace_start_sampling(1, 2000));
+    pm_trace_test_seed_sampler(11);
+    std::vector<void *> blocks;
+    size_t traced = 0;
+    for (int i = 0; i < 200; i++) {
+        void *p = pm_obj_malloc(1000);
+        ASSERT_NE(nullptr, p);
+        blocks.push_back(p);
+        pm_trace_frame frame;
+        EXPECT_EQ(-1, pm_trace_get_traceback(PM_DOMAIN_RAW, p, &frame, 1)) << i;
+        if (pm_trace_get_traceback(PM_DOMAIN_OBJ, p, &frame, 1) >= 0) traced++;
+    }
+    // p = 1 - exp(-1/2) = 0.39 of 200: 79 expected, standard deviation 7; 5 of them each way.
+    EXPECT_GT(traced, 44u);
+    EXPECT_LT(traced, 114u);
+    for (void *p : blocks) pm_obj_free(p);
+    EXPECT_EQ(0u, Current());
+}
+
 }  // namespace

@@ -5,7 +5,8 @@
  *
  *   bazel run -c opt //tools/bench:trace_cost [-- --steps=N --rounds=R --modes=full,...]
  *
- * Modes, each run once per round, rounds interleaved so that machine noise falls on all:
+ * Modes, each run once per round, rounds interleaved (each starting at the next mode) so
+ * that machine noise and the state one run leaves behind fall on all:
  *
  *   untraced   no tracing
  *   hooked     a wrapper that only passes calls on, installed on the object domain: the floor
@@ -172,7 +173,10 @@ int main(int argc, char **argv) {
     double ns[MODES][100], ratio[MODES][100], bytes[MODES][100];
     pm_gil_acquire();
     for (size_t r = 0; r < rounds; r++) {
-        for (int m = 0; m < MODES; m++) {
+        /* Each round starts at another mode: what a mode leaves in pymalloc's pools (and
+         * the page cache) must not always fall on the same next mode. */
+        for (int k = 0; k < MODES; k++) {
+            int m = (int)((r + (size_t)k) % MODES);
             measurement result = {0, 0};
             if (enabled[m]) result = run_mode((mode)m, &in, blocks);
             ns[m][r] = result.ns_per_step;
