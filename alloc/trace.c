@@ -63,8 +63,10 @@
  * thus traced with probability p(s) = 1 - exp(-s/N), whatever came before (the
  * exponential is memoryless), and a traced one is accounted as w(s) = s / p(s) bytes:
  * E[w(s) * [traced]] = s, so sums of weights are unbiased estimates of bytes (the
- * Horvitz-Thompson estimator; w(s) ~ N + s/2 for s << N and ~ s for s >> N). The fast
- * path of an unsampled call is a thread-local subtract and compare.
+ * Horvitz-Thompson estimator; w(s) ~ N + s/2 for s << N and ~ s for s >> N; weighting
+ * by max(N, s) instead would be low by about s/2 per sample). The fast path of an
+ * unsampled call is a thread-local subtract and compare; it still counts as the outermost
+ * call, so pymalloc's fall-back to raw inside it is neither sampled nor charged again.
  *
  * Native tracebacks. backtrace(3), then skip the tracer's own frames and the library's
  * entry point. How many that is depends on inlining, so start calibrates it: a probe
@@ -72,10 +74,12 @@
  * the probe's frame in what it captured.
  *
  * Cost (tools/bench/trace_cost.c: object-domain churn over 100,000 live blocks, -O2, a
- * loaded 2-core machine). Any hook at all costs about 1.2-1.3x, because pymalloc's inline
- * paths are bypassed while one is installed; sampling at the default rate costs the same
- * (its unsampled calls are a thread-local subtract on malloc and a filter bit on free).
- * Full tracing with one provider frame costs about 6x: ~850 instructions a step, and
+ * loaded 2-core machine, ratios to untraced that move by 0.2 between runs). Any hook at
+ * all costs 1.05-1.25x, because pymalloc's inline paths are bypassed while one is
+ * installed. Sampling at the default rate costs 1.4-1.6x: about 60 instructions a step
+ * over a pass-through hook (the countdown and a depth count around the call on malloc, a
+ * filter bit on free). Full tracing with one provider frame costs 5-7x: ~850
+ * instructions a step, and
  * above all a cache miss in the trace table on each insert and each remove, as in any
  * table keyed by address (CPython's tracemalloc: ~10x on object churn). One native frame
  * costs about 24x: backtrace(3) unwinds through libgcc's DWARF tables. The tracer holds
@@ -159,7 +163,6 @@ typedef struct provider_record {
 
 static trace_shard trace_shards[TRACE_SHARDS];
 static tb_shard tb_shards[TB_SHARDS];
-/* Per (shard, bucket) count of traces: a free whose count is 0 skips the lock. */
 static int filter_counts[TRACE_SHARDS * FILTER_PER_SHARD]; /* traces per bucket; shard lock */
 /* Bit b: filter_counts[b] != 0. Written under the owning shard's lock (a shard's buckets
  * fill whole words), read by anyone with a relaxed load. */
@@ -219,18 +222,23 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 /* ---- tracer memory --------------------------------------------------------------------- */
 
+/* What a mapping of `size` bytes really takes: whole pages. */
+static size_t mapped_bytes(size_t size) {
+    return (size + 4095) & ~(size_t)4095;
+}
+
 void *pm_trace_mem_alloc(size_t size) {
     if (pm_atomic_load_int_relaxed(&fail_memory)) return NULL;
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return NULL;
-    pm_atomic_faa_size(&tracer_memory, size);
+    pm_atomic_faa_size(&tracer_memory, mapped_bytes(size));
     return p;
 }
 
 void pm_trace_mem_free(void *p, size_t size) {
     if (p == NULL) return;
     munmap(p, size);
-    pm_atomic_faa_size(&tracer_memory, (size_t)0 - size);
+    pm_atomic_faa_size(&tracer_memory, (size_t)0 - mapped_bytes(size));
 }
 
 void pm_trace_test_fail_memory(int fail) {
@@ -245,7 +253,8 @@ size_t pm_trace_lost_traces(void) {
     return pm_atomic_load_size_relaxed(&lost_traces);
 }
 
-static void thread_exit(void *unused) {
+/* Also the thread-exit destructor of thread_exit_key. */
+static void release_capture_buffer(void *unused) {
     (void)unused;
     pm_trace_mem_free(tls.frames, tls.frames_cap * (sizeof(pm_trace_frame) + sizeof(void *)));
     tls.frames = NULL;
@@ -562,7 +571,7 @@ static bool ensure_capture_buffer(size_t frames) {
     void *buffer = pm_trace_mem_alloc(cap * (sizeof(pm_trace_frame) + sizeof(void *)));
     if (buffer == NULL) return false;
     if (tls.frames == NULL) (void)pthread_setspecific(thread_exit_key, &tls);
-    thread_exit(NULL);
+    release_capture_buffer(NULL);
     tls.frames = buffer;
     tls.frames_cap = cap;
     return true;
@@ -1004,7 +1013,7 @@ int pm_trace_test_native_skip(pm_domain domain, int op) {
 /* ---- start and stop -------------------------------------------------------------------- */
 
 static void init_once(void) {
-    (void)pthread_key_create(&thread_exit_key, thread_exit);
+    (void)pthread_key_create(&thread_exit_key, release_capture_buffer);
     pm_atomic_store_ptr_release(&pm_debug_traceback_printer,
                                 (const void *)(uintptr_t)print_allocation_traceback);
 }

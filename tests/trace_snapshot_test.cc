@@ -54,6 +54,18 @@ std::string Json(const pm_trace_stats *stats, size_t limit = 0) {
     return text;
 }
 
+// The statistics of a snapshot taken now, as text.
+std::string SnapshotText(pm_trace_group by) {
+    pm_trace_snapshot *snapshot = pm_trace_take_snapshot();
+    EXPECT_NE(nullptr, snapshot);
+    pm_trace_stats *stats = pm_trace_snapshot_statistics(snapshot, by);
+    EXPECT_NE(nullptr, stats);
+    std::string text = Text(stats);
+    pm_trace_stats_free(stats);
+    pm_trace_snapshot_free(snapshot);
+    return text;
+}
+
 TEST_F(SnapshotTest, NeedsTracing) {
     errno = 0;
     EXPECT_EQ(nullptr, pm_trace_take_snapshot());
@@ -134,13 +146,7 @@ TEST_F(SnapshotTest, FileNamesAreComparedByContent) {
         Frame f(second, 3);
         Allocate(16);
     }
-    pm_trace_snapshot *snapshot = pm_trace_take_snapshot();
-    ASSERT_NE(nullptr, snapshot);
-    pm_trace_stats *stats = pm_trace_snapshot_statistics(snapshot, PM_TRACE_BY_TRACEBACK);
-    ASSERT_NE(nullptr, stats);
-    EXPECT_EQ("same.py:3: size=32 B, count=2, average=16 B\n", Text(stats));
-    pm_trace_stats_free(stats);
-    pm_trace_snapshot_free(snapshot);
+    EXPECT_EQ("same.py:3: size=32 B, count=2, average=16 B\n", SnapshotText(PM_TRACE_BY_TRACEBACK));
 }
 
 TEST_F(SnapshotTest, SizesPrintInTracemallocsUnits) {
@@ -154,15 +160,9 @@ TEST_F(SnapshotTest, SizesPrintInTracemallocsUnits) {
         Frame f("units.py", 2);
         Allocate(10239);  // under 10 KiB stays in bytes
     }
-    pm_trace_snapshot *snapshot = pm_trace_take_snapshot();
-    ASSERT_NE(nullptr, snapshot);
-    pm_trace_stats *stats = pm_trace_snapshot_statistics(snapshot, PM_TRACE_BY_LINENO);
-    ASSERT_NE(nullptr, stats);
     EXPECT_EQ("units.py:1: size=20.0 KiB, count=41, average=500 B\n"
               "units.py:2: size=10239 B, count=1, average=10239 B\n",
-              Text(stats));
-    pm_trace_stats_free(stats);
-    pm_trace_snapshot_free(snapshot);
+              SnapshotText(PM_TRACE_BY_LINENO));
 }
 
 TEST_F(SnapshotTest, CompareShowsWhatGrewShrankAppearedAndVanished) {
