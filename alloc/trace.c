@@ -104,6 +104,7 @@
 
 #include "alloc/internal/debug_hooks.h"
 #include "alloc/internal/domain.h"
+#include "alloc/internal/pymalloc.h" /* pm_pymalloc_allocator and its small-request limit */
 #include "sync/sync.h"
 
 #define TRACE_SHARDS 64
@@ -153,6 +154,11 @@ typedef struct tb_shard {
 
 typedef struct hook_ctx {
     pm_domain domain;
+    /* Requests of 1..leaf_limit bytes cannot reach another domain through `wrapped`, so a
+     * call that sampling skips needs no depth count and becomes a tail call: every size
+     * for raw (it wraps the C library or a user's raw allocator), pymalloc's small sizes
+     * for mem and object over pymalloc (it serves them from its pools), else none. */
+    size_t leaf_limit;
     pm_allocator wrapped;
 } hook_ctx;
 
@@ -742,12 +748,12 @@ __attribute__((noinline)) static void *traced_alloc(const hook_ctx *h, int op, s
 
 /* A call that sampling skipped is still the outermost one: what it calls (pymalloc handing
  * 0 or more than 512 bytes to the raw domain) is nested, neither sampled again nor charged
- * to the countdown twice. The raw domain nests into nothing, so its calls skip the count. */
+ * to the countdown twice; hook_ctx.leaf_limit says when there can be no such call. */
 static void *hook_malloc(void *ctx, size_t size) {
     const hook_ctx *h = ctx;
     if (tls.depth != 0) return h->wrapped.malloc(h->wrapped.ctx, size);
     if (!sampled_out(size)) return traced_alloc(h, OP_MALLOC, 1, size, size);
-    if (h->domain == PM_DOMAIN_RAW) return h->wrapped.malloc(h->wrapped.ctx, size);
+    if (size - 1 < h->leaf_limit) return h->wrapped.malloc(h->wrapped.ctx, size);
     tls.depth++;
     void *p = h->wrapped.malloc(h->wrapped.ctx, size);
     tls.depth--;
@@ -761,6 +767,7 @@ static void *hook_calloc(void *ctx, size_t nelem, size_t elsize) {
         return h->wrapped.calloc(h->wrapped.ctx, nelem, elsize);
     }
     if (!sampled_out(total)) return traced_alloc(h, OP_CALLOC, nelem, elsize, total);
+    if (total - 1 < h->leaf_limit) return h->wrapped.calloc(h->wrapped.ctx, nelem, elsize);
     tls.depth++;
     void *p = h->wrapped.calloc(h->wrapped.ctx, nelem, elsize);
     tls.depth--;
@@ -849,6 +856,9 @@ static const hook_ctx *hook_ctx_for(pm_domain domain, const pm_allocator *wrappe
     hook_ctx *h = &hook_pool[hook_pool_used++];
     h->domain = domain;
     h->wrapped = *wrapped;
+    h->leaf_limit = domain == PM_DOMAIN_RAW                               ? SIZE_MAX
+                    : pm_allocator_equal(wrapped, &pm_pymalloc_allocator) ? PM_SMALL_REQUEST_THRESHOLD
+                                                                          : 0;
     return h;
 }
 
