@@ -76,13 +76,13 @@
  * Cost (tools/bench/trace_cost.c: object-domain churn over 100,000 live blocks, -O2, a
  * loaded 2-core machine, ratios to untraced that move by 0.2 between runs). Any hook at
  * all costs 1.05-1.25x, because pymalloc's inline paths are bypassed while one is
- * installed. Sampling at the default rate costs about 1.6x: about 60 instructions a step
- * over a pass-through hook (the countdown and a depth count around the call on malloc,
- * which is then no tail call; a filter bit on free). Full tracing with one provider frame
- * costs 5-6x: ~850 instructions a step, and
+ * installed. Sampling at the default rate costs about 1.3x: a few instructions a step
+ * over a pass-through hook (the countdown on malloc, a filter bit on free; a depth count
+ * only around calls that could reach another domain, see hook_ctx.leaf_limit). Full
+ * tracing with one provider frame costs 5-6x: ~850 instructions a step, and
  * above all a cache miss in the trace table on each insert and each remove, as in any
  * table keyed by address (CPython's tracemalloc: ~10x on object churn). One native frame
- * costs about 22x: backtrace(3) unwinds through libgcc's DWARF tables. The tracer holds
+ * costs 21-25x: backtrace(3) unwinds through libgcc's DWARF tables. The tracer holds
  * about 70 bytes per traced block (CPython: about 53 plus a 16-byte record).
  * Alternatives rejected: a header per block (the hook could not free blocks allocated
  * before it, nor could blocks cross a stop); one global table (one lock for every thread).
