@@ -25,6 +25,8 @@
  * site skips that lock. A 1-frame traceback is 32 bytes, shared by every block from its
  * call site.
  *
+ * Fork. A child goes on tracing from empty tables, with every lock free (see fork_child).
+ *
  * Locking. No GIL anywhere (CPython's raw hook takes it, which has deadlocked programs):
  * a traced allocation takes its traceback shard's lock (unless the thread cache hits) and
  * its trace shard's lock, each alone, never nested; a free takes its trace shard's lock
@@ -975,6 +977,33 @@ static void reset_tables(bool release_memory) PM_REQUIRES(control) {
     pm_atomic_store_size_relaxed(&peak_bytes, 0);
 }
 
+/* ---- fork ------------------------------------------------------------------------------ */
+
+/* fork() while another thread is inside a shard leaves the child a lock nobody will release
+ * and perhaps a half-updated table. Holding every shard lock across fork() would avoid
+ * that, but 81 locks held at once exceed what ThreadSanitizer can follow (64). So the
+ * prepare handler holds only the control mutex (no start, stop, clear or snapshot is
+ * under way), and the child, alone, makes every shard lock free again and starts a fresh
+ * session from empty tables: it keeps tracing, without the parent's traces. */
+static void fork_prepare(void) PM_NO_THREAD_SAFETY_ANALYSIS {
+    pm_mutex_lock(&control);
+}
+
+static void fork_parent(void) PM_NO_THREAD_SAFETY_ANALYSIS {
+    pm_mutex_unlock(&control);
+}
+
+static void fork_child(void) PM_NO_THREAD_SAFETY_ANALYSIS {
+    for (size_t i = 0; i < TRACE_SHARDS; i++) pm_spinlock_init(&trace_shards[i].lock);
+    for (size_t i = 0; i < TB_SHARDS; i++) pm_spinlock_init(&tb_shards[i].lock);
+    if (pm_atomic_load_size_relaxed(&active_session) != 0) {
+        pm_atomic_store_size_release(&active_session, 0);
+        reset_tables(true);
+        pm_atomic_store_size_release(&active_session, ++session_counter);
+    }
+    pm_mutex_unlock(&control);
+}
+
 /* ---- calibration ----------------------------------------------------------------------- */
 
 /* Allocates through (domain, op) from a frame whose stack it recorded first. */
@@ -1024,6 +1053,7 @@ int pm_trace_test_native_skip(pm_domain domain, int op) {
 
 static void init_once(void) {
     (void)pthread_key_create(&thread_exit_key, release_capture_buffer);
+    (void)pthread_atfork(fork_prepare, fork_parent, fork_child);
     pm_atomic_store_ptr_release(&pm_debug_traceback_printer,
                                 (const void *)(uintptr_t)print_allocation_traceback);
 }

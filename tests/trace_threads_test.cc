@@ -3,6 +3,10 @@
 // GIL, object with it); start, stop, clear and snapshots while threads allocate; the raw
 // hook working while another thread holds the GIL for as long as it likes.
 
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -204,6 +208,44 @@ TEST_F(TraceThreadsTest, TheRawHookNeverWaitsForTheGil) {
     });
     raw_user.join();  // would deadlock if the raw hook took the GIL
     EXPECT_EQ(0u, Current());
+}
+
+// fork() while other threads trace: the child goes on tracing from empty tables, with no
+// lock left held by a thread that does not exist there.
+TEST_F(TraceThreadsTest, AForkedChildKeepsTracing) {
+    {
+        GilScope gil;
+        ASSERT_EQ(0, pm_trace_start(1));
+    }
+    std::atomic<bool> done{false};
+    std::thread busy([&done] {
+        Frame frame("busy.py", 1);
+        while (!done.load(std::memory_order_relaxed)) {
+            void *p = pm_raw_malloc(64);
+            pm_raw_free(p);
+        }
+    });
+    void *kept = pm_raw_malloc(1000);
+    for (int round = 0; round < 5; round++) {
+        pid_t pid = fork();
+        ASSERT_GE(pid, 0);
+        if (pid == 0) {
+            // Only this thread exists here; the busy one may have been inside a shard.
+            bool ok = pm_trace_is_tracing() && Current() == 0;
+            void *p = pm_raw_malloc(300);
+            ok = ok && p != nullptr && Current() == 300;
+            pm_raw_free(p);
+            pm_raw_free(kept);  // the parent's trace: not in the child's tables
+            ok = ok && Current() == 0;
+            _exit(ok ? 0 : 1);
+        }
+        int status = 0;
+        ASSERT_EQ(pid, waitpid(pid, &status, 0));
+        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "round " << round;
+    }
+    done = true;
+    busy.join();
+    pm_raw_free(kept);
 }
 
 }  // namespace
