@@ -315,6 +315,147 @@ PM_API pm_var_object *pm_object_new_var(const pm_type *type, size_t nitems) PM_G
 /* Frees an object made by the two above: pm_obj_free (NULL does nothing). */
 PM_API void pm_object_del(void *op) PM_GIL_REQUIRED;
 
+/* ---- tracing (CPython's tracemalloc) ------------------------------------------------ *
+ * While tracing, every block allocated through any domain is recorded with its domain, the
+ * size asked for at the outermost call (pymalloc's fall-back to the raw domain is not
+ * traced twice) and a traceback of at most nframes frames. The hooks are ordinary
+ * allocators installed with pm_set_allocator() over whatever each domain held, and add no
+ * header to blocks, so blocks cross the start and the stop of tracing freely. The raw hook
+ * never takes the GIL and no hook puts all threads behind one lock (alloc/trace.c).
+ *
+ * Tracebacks come from the frame provider when one is installed (how a language runtime
+ * hands over its own stack), else from the native stack: a native frame reads as the
+ * object file that holds the return address and the address's offset in it, so
+ * `addr2line -e <file> <offset>` names the line. Frames are most recent first. */
+
+#define PM_TRACE_MAX_FRAMES 65535
+
+/* One frame. `filename` is never NULL; provider filenames are stored as pointers, not
+ * copied, so they must stay valid while any trace or snapshot may refer to them (static
+ * or interned strings, as a runtime's code objects hold). */
+typedef struct pm_trace_frame {
+    const char *filename;
+    size_t lineno;
+} pm_trace_frame;
+
+/* Writes up to max_frames frames of the calling thread's stack, most recent first, and
+ * returns how many. Called inside an allocation, with no tracer lock held; what it
+ * allocates through the domains is not traced. */
+typedef size_t (*pm_trace_frame_provider)(void *ctx, pm_trace_frame *frames, size_t max_frames);
+
+/* Installs the provider (NULL: native stacks). Safe at any time from any thread; each
+ * call with a new (fn, ctx) pair keeps 16 bytes for ever (readers take no reference).
+ * Returns 0, or -1 with errno = ENOMEM. */
+PM_API int pm_trace_set_frame_provider(pm_trace_frame_provider fn, void *ctx);
+
+/* Starts tracing every allocation, keeping nframes frames per trace (CPython's
+ * tracemalloc.start(nframes)). Already tracing: sets nframes for new traces. Returns 0, or
+ * -1 with errno = EINVAL (nframes outside 1..65535), EBUSY (tracing in sampling mode), or
+ * ENOMEM (no memory for a hook). */
+PM_API int pm_trace_start(int nframes) PM_GIL_REQUIRED;
+
+/* Starts tracing a sample of allocations: on average one per mean_bytes bytes allocated
+ * (a Poisson process over bytes, per thread). A sampled block of s bytes stands for
+ * s / (1 - exp(-s / mean_bytes)) bytes, an unbiased estimate of what its unsampled
+ * neighbours add up to; current and peak memory and snapshot sizes are such estimates,
+ * and snapshot counts are of sampled blocks. 0 means PM_TRACE_DEFAULT_SAMPLE_BYTES.
+ * Errors as pm_trace_start, plus EBUSY when tracing with another mode or rate. */
+#define PM_TRACE_DEFAULT_SAMPLE_BYTES ((size_t)512 * 1024)
+PM_API int pm_trace_start_sampling(int nframes, size_t mean_bytes) PM_GIL_REQUIRED;
+
+/* Stops tracing and forgets every trace. Each domain whose allocator is still the hook
+ * gets back what the hook wrapped; a hook that someone else has wrapped since stays in
+ * place and passes calls straight through. */
+PM_API void pm_trace_stop(void);
+
+PM_API int pm_trace_is_tracing(void);
+/* nframes of the running session, 0 when not tracing. */
+PM_API int pm_trace_get_traceback_limit(void);
+
+/* Bytes of traced blocks now, and the peak since start, clear or reset (both 0 when not
+ * tracing). current is exact once the threads allocating are quiet; peak is at most 16 KiB
+ * per allocating thread below the true peak (see alloc/trace.c). */
+PM_API void pm_trace_get_traced_memory(size_t *current, size_t *peak);
+/* Sets the peak to the current traced memory. */
+PM_API void pm_trace_reset_peak(void);
+/* Forgets every trace (tracing goes on). Blocks being allocated while it runs may stay
+ * untraced. */
+PM_API void pm_trace_clear_traces(void);
+/* Bytes the tracer itself holds for its tables and tracebacks (tracemalloc's
+ * get_tracemalloc_memory()). */
+PM_API size_t pm_trace_get_memory(void);
+/* Traces that could not be stored (no memory for the tables) after a realloc had already
+ * succeeded: those blocks are valid and untraced. */
+PM_API size_t pm_trace_lost_traces(void);
+
+/* Copies the traceback of a traced block to out (up to max frames, most recent first) and
+ * returns the number of frames it has, or -1 when the block is not traced. Native frames
+ * are symbolised. domain: 0..2 for the allocator domains, or a pm_trace_track domain. */
+PM_API int pm_trace_get_traceback(unsigned int domain, const void *ptr, pm_trace_frame *out,
+                                  size_t max);
+
+/* CPython's PyTraceMalloc_Track / PyTraceMalloc_Untrack: record or forget foreign memory,
+ * with the caller's traceback. Any domain number is its own namespace (0..2 are the
+ * allocator domains). Track returns 0, -1 when the trace cannot be stored (no memory, or
+ * ptr 0), -2 when not tracing; tracking a tracked (domain, ptr) replaces its trace.
+ * Untrack returns 0 (an unknown pointer is fine) or -2 when not tracing. */
+PM_API int pm_trace_track(unsigned int domain, uintptr_t ptr, size_t size);
+PM_API int pm_trace_untrack(unsigned int domain, uintptr_t ptr);
+
+/* Snapshots: a copy of every trace at one moment, owned by the caller (tracemalloc's
+ * take_snapshot()). NULL with errno = EINVAL when not tracing, ENOMEM. */
+typedef struct pm_trace_snapshot pm_trace_snapshot;
+PM_API pm_trace_snapshot *pm_trace_take_snapshot(void);
+PM_API void pm_trace_snapshot_free(pm_trace_snapshot *snapshot);
+/* Traces in the snapshot, and their total size. */
+PM_API size_t pm_trace_snapshot_count(const pm_trace_snapshot *snapshot);
+PM_API size_t pm_trace_snapshot_size(const pm_trace_snapshot *snapshot);
+
+typedef enum pm_trace_group {
+    PM_TRACE_BY_TRACEBACK = 0, /* whole tracebacks */
+    PM_TRACE_BY_LINENO = 1,    /* the most recent frame: file and line */
+    PM_TRACE_BY_FILENAME = 2,  /* the most recent frame's file (its line reads 0) */
+} pm_trace_group;
+
+/* One group. frames point into the snapshot(s) the statistics came from: keep them alive.
+ * size_diff and count_diff are set by pm_trace_snapshot_compare only. */
+typedef struct pm_trace_stat {
+    const pm_trace_frame *frames; /* most recent first */
+    size_t nframes;
+    size_t size;
+    size_t count;
+    ptrdiff_t size_diff;
+    ptrdiff_t count_diff;
+} pm_trace_stat;
+
+typedef struct pm_trace_stats {
+    pm_trace_stat *items;
+    size_t count;
+    int is_diff; /* from pm_trace_snapshot_compare */
+} pm_trace_stats;
+
+/* Statistics of one snapshot, largest size first (ties: larger count first, then by key):
+ * tracemalloc's Snapshot.statistics(key_type). NULL with errno = EINVAL or ENOMEM. */
+PM_API pm_trace_stats *pm_trace_snapshot_statistics(const pm_trace_snapshot *snapshot,
+                                                     pm_trace_group group);
+/* now minus old, group by group (groups in either), largest |size_diff| first:
+ * tracemalloc's Snapshot.compare_to(old, key_type). */
+PM_API pm_trace_stats *pm_trace_snapshot_compare(const pm_trace_snapshot *now,
+                                                 const pm_trace_snapshot *old,
+                                                 pm_trace_group group);
+PM_API void pm_trace_stats_free(pm_trace_stats *stats);
+
+/* The first `limit` groups (0: all) as text, one per line, as tracemalloc prints them:
+ *   file.py:12: size=1536 KiB, count=3, average=512 KiB
+ *   file.py:12: size=1536 KiB (+512 KiB), count=3 (+1), average=512 KiB     (compare)
+ * or as a JSON array of {"file","line","size","count"[,"size_diff","count_diff"],
+ * "traceback":[{"file","line"}...]}. Both write at most `size` bytes including the NUL and
+ * return the length the whole text needs, as snprintf does. */
+PM_API size_t pm_trace_stats_format(const pm_trace_stats *stats, size_t limit, char *buf,
+                                    size_t size);
+PM_API size_t pm_trace_stats_json(const pm_trace_stats *stats, size_t limit, char *buf,
+                                  size_t size);
+
 #ifdef __cplusplus
 }
 #endif

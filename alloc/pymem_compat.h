@@ -127,4 +127,9 @@ typedef pm_arena_allocator PyObjectArenaAllocator;
 #define PyObject_GetArenaAllocator(allocator) ((void)pm_get_arena_allocator((allocator)))
 #define PyObject_SetArenaAllocator(allocator) ((void)pm_set_arena_allocator((allocator)))
 
+/* ---- tracemalloc's C API (CPython's tracemalloc.h) ------------------------------------ *
+ * 0 on success, -1 when the trace cannot be stored, -2 when tracing is off. */
+#define PyTraceMalloc_Track(domain, ptr, size) pm_trace_track((domain), (ptr), (size))
+#define PyTraceMalloc_Untrack(domain, ptr) pm_trace_untrack((domain), (ptr))
+
 #endif /* PYMALLOC_MT_PYMEM_COMPAT_H */

@@ -1,0 +1,72 @@
+/*
+ * trace.h — the tracer's internals (alloc/trace.c), shared with its snapshots
+ * (alloc/trace_snapshot.c) and reachable by white-box tests.
+ *
+ * A traceback is interned once per distinct (domain, frames) and never changes until the
+ * tables are cleared (pm_trace_clear_traces, pm_trace_stop):
+ *
+ *   pm_trace_tb { hash, domain, nframes | frames[0] frames[1] ... }   most recent first
+ *
+ * A frame is a pm_trace_frame. A native frame has filename NULL and the return address in
+ * lineno; pm_trace_symbolize turns it into (object file, offset in it).
+ */
+#ifndef PM_ALLOC_INTERNAL_TRACE_H
+#define PM_ALLOC_INTERNAL_TRACE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "alloc/pymalloc_mt.h"
+
+#pragma GCC visibility push(hidden)
+
+#ifdef __cplusplus
+extern "C" { /* white-box tests are C++ */
+#endif
+
+typedef struct pm_trace_tb {
+    uint32_t hash;
+    uint32_t domain;
+    uint32_t nframes;
+    uint32_t unused;
+    pm_trace_frame frames[];
+} pm_trace_tb;
+
+/* The tracer's own memory: anonymous mappings, never the traced domains (a trace stored
+ * with memory from a traced domain would trace itself). Counted in pm_trace_get_memory. */
+void *pm_trace_mem_alloc(size_t size);
+void pm_trace_mem_free(void *p, size_t size);
+
+/* Calls visit(ctx, tb, accounted_size) for every trace, each shard under its lock, with
+ * clear/stop/start held off for the whole walk. Stops at, and returns, the first nonzero
+ * value visit returns; 0 otherwise; -1 with errno = EINVAL when not tracing. visit must
+ * not allocate from the traced domains (it runs under a shard lock). */
+typedef int (*pm_trace_visit_fn)(void *ctx, const pm_trace_tb *tb, size_t accounted_size);
+int pm_trace_visit(pm_trace_visit_fn visit, void *ctx);
+
+/* A native frame {NULL, pc} as {object file, pc - object base}; other frames unchanged. An
+ * address no object contains reads as {"<unknown>", pc}. Never allocates. */
+pm_trace_frame pm_trace_symbolize(pm_trace_frame frame);
+
+/* ---- test hooks ---------------------------------------------------------------------- */
+
+/* While nonzero, every request for tracer memory fails (table growth, traceback storage,
+ * snapshots): the injected failure of issue #7. */
+void pm_trace_test_fail_memory(int fail);
+
+/* Reseeds the calling thread's sampler, for deterministic sampling tests: its next
+ * countdown is drawn from this seed. */
+void pm_trace_test_seed_sampler(uint64_t seed);
+
+/* Frames each (domain, operation) skips at the top of a native stack, as calibrated by
+ * the last start: the tracer's own frames and the library's entry point. -1: never
+ * calibrated. op: 0 malloc, 1 calloc, 2 realloc. */
+int pm_trace_test_native_skip(pm_domain domain, int op);
+
+#ifdef __cplusplus
+}
+#endif
+
+#pragma GCC visibility pop
+
+#endif /* PM_ALLOC_INTERNAL_TRACE_H */

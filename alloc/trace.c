@@ -1,0 +1,1252 @@
+/*
+ * trace.c — tracemalloc for pymalloc-mt: a hook on every domain that records, for each live
+ * block, its domain, the size asked for at the outermost call and a traceback.
+ *
+ * Hooks. pm_trace_start wraps each domain's allocator with a hook (pm_set_allocator), as
+ * CPython's tracemalloc does. The hook adds no header, so a block allocated before start
+ * or while tracing may be freed after stop by whatever is installed then. A per-thread
+ * depth counter makes nested calls (pymalloc's fall-back to raw, an allocation inside a
+ * frame provider, a hook buried under another) pass straight through: only the outermost
+ * call is traced. Hook contexts {domain, wrapped allocator} are interned and never freed
+ * (domain.c's rule: a caller may still be inside a hook long after it was replaced).
+ * Stop restores a domain only if the hook is still on top; a buried hook stays and passes
+ * through.
+ *
+ * Tables. Traces live in 64 shards chosen by a multiplicative hash of the pointer:
+ *
+ *   shard[h >> 58] { spinlock | slots: open addressing, linear probing, backward-shift
+ *                    delete | used | current bytes }
+ *   slot { ptr, size (top bit: sampled), traceback* }            24 bytes
+ *
+ * The domain is part of the interned traceback, so a slot is 24 bytes; at the 3/4 maximum
+ * load and doubling, a table averages about 56% full: ~43 bytes of table per trace.
+ * Tracebacks are interned in 16 shards by frame hash (same slot scheme, frames in 64 KiB
+ * bump chunks); a thread keeps a copy of its last short traceback, so a repeated call
+ * site skips that lock. A 1-frame traceback is 32 bytes, shared by every block from its
+ * call site.
+ *
+ * Fork. A child goes on tracing from empty tables, with every lock free (see fork_child).
+ *
+ * Locking. No GIL anywhere (CPython's raw hook takes it, which has deadlocked programs):
+ * a traced allocation takes its traceback shard's lock (unless the thread cache hits) and
+ * its trace shard's lock, each alone, never nested; a free takes its trace shard's lock
+ * only if a 2 KiB filter (one bit per bucket of addresses: "some trace here") says the
+ * pointer may be traced; the bits live in L1, the counts behind them (64 KiB) are only
+ * touched by traced blocks. A shard owns its buckets' bits and counts. Start, stop,
+ * clear and snapshots take a control mutex; no allocation path does. Tracer memory comes
+ * from mmap (pm_trace_mem_alloc), never from a traced domain, and no lock is held across
+ * a call into the wrapped allocator or a frame provider.
+ *
+ * Sessions. active_session is 0 when not tracing, else a number that start and clear
+ * renew. A hook reads it on entry and inserts only if it is unchanged, checked under the
+ * shard lock; stop and clear zero it before emptying the shards (under each lock) and
+ * only then free the tracebacks, so a trace whose traceback was freed is never stored.
+ *
+ * Counters. Each shard keeps its traced bytes under its lock, so current (their sum) is
+ * exact when threads are quiet. Peak: each thread counts how far its own traced bytes
+ * have risen since its last peak check, clamped at 0 when it frees; past 16 KiB it sums
+ * the shards and raises the peak (a CAS). So at the true peak every thread had risen less
+ * than 16 KiB since the last check: the peak reported is at most 16 KiB per allocating
+ * thread below the true one, exact for a single block of 16 KiB or more, and a query
+ * always folds in the current value. No shared counter is written on every allocation.
+ *
+ * Failure. A trace that cannot be stored (no tracer memory: tests inject it with
+ * pm_trace_test_fail_memory) makes a fresh allocation fail: the block goes back to the
+ * wrapped allocator and the caller gets NULL with errno = ENOMEM; the tables never hold a
+ * half-stored entry. A realloc takes the old trace out before calling down (so a thread
+ * that receives the freed address cannot have its new trace removed by us), and puts it
+ * back if the realloc fails. If the new trace of a successful realloc cannot be stored,
+ * CPython aborts (Py_FatalError "tracemalloc_realloc() failed to allocate a trace"); we
+ * keep the block valid and untraced and count it (pm_trace_lost_traces).
+ *
+ * Sampling. Sample points form a Poisson process of rate 1/N over the bytes a thread
+ * allocates: each thread counts down an exponential(N) number of bytes; a block that
+ * takes the count to 0 or below is traced and a fresh count drawn. A block of s bytes is
+ * thus traced with probability p(s) = 1 - exp(-s/N), whatever came before (the
+ * exponential is memoryless), and a traced one is accounted as w(s) = s / p(s) bytes:
+ * E[w(s) * [traced]] = s, so sums of weights are unbiased estimates of bytes (the
+ * Horvitz-Thompson estimator; w(s) ~ N + s/2 for s << N and ~ s for s >> N; weighting
+ * by max(N, s) instead would be low by about s/2 per sample). The fast path of an
+ * unsampled call is a thread-local subtract and compare; it still counts as the outermost
+ * call, so pymalloc's fall-back to raw inside it is neither sampled nor charged again.
+ *
+ * Native tracebacks. backtrace(3), then skip the tracer's own frames and the library's
+ * entry point. How many that is depends on inlining, so start calibrates it: a probe
+ * records its own stack, allocates through each domain and operation, and the hook finds
+ * the probe's frame in what it captured.
+ *
+ * Cost (tools/bench/trace_cost.c: object-domain churn over 100,000 live blocks, -O2, a
+ * loaded 2-core machine, ratios to untraced that move by 0.2 between runs). Any hook at
+ * all costs 1.05-1.25x, because pymalloc's inline paths are bypassed while one is
+ * installed. Sampling at the default rate costs about 1.3x: a few instructions a step
+ * over a pass-through hook (the countdown on malloc, a filter bit on free; a depth count
+ * only around calls that could reach another domain, see hook_ctx.leaf_limit). Full
+ * tracing with one provider frame costs 5-6x: ~850 instructions a step, and
+ * above all a cache miss in the trace table on each insert and each remove, as in any
+ * table keyed by address (CPython's tracemalloc: ~10x on object churn). One native frame
+ * costs 21-25x: backtrace(3) unwinds through libgcc's DWARF tables. The tracer holds
+ * about 70 bytes per traced block (CPython: about 53 plus a 16-byte record).
+ * Alternatives rejected: a header per block (the hook could not free blocks allocated
+ * before it, nor could blocks cross a stop); one global table (one lock for every thread).
+ */
+/* dladdr() is a GNU extension; the tracer's own header comes first all the same. */
+#define _GNU_SOURCE 1
+#include "alloc/internal/trace.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <execinfo.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "alloc/internal/debug_hooks.h"
+#include "alloc/internal/domain.h"
+#include "alloc/internal/pymalloc.h" /* pm_pymalloc_allocator and its small-request limit */
+#include "sync/sync.h"
+
+#define TRACE_SHARDS 64
+#define TB_SHARDS 16
+#define TRACE_TABLE_MIN 128 /* slots: 3 KiB, the first page of a shard's table */
+#define TB_TABLE_MIN 256
+#define TB_CHUNK (64 * 1024)
+#define PEAK_CHECK_BYTES ((size_t)16 * 1024)
+#define FILTER_PER_SHARD 256 /* a multiple of 64: a shard's bits fill whole words */
+#define SAMPLED_FLAG ((size_t)1 << 63)
+#define MAX_SKIP 32 /* native frames a calibration may skip */
+#define CALIBRATION_DEPTH 256
+#define CACHED_FRAMES 4 /* tracebacks this short skip the traceback lock when repeated */
+
+enum trace_op { OP_MALLOC, OP_CALLOC, OP_REALLOC, OP_COUNT };
+
+/* ---- global state ---------------------------------------------------------------------- */
+
+typedef struct trace_slot {
+    uintptr_t ptr; /* 0: empty */
+    size_t size;   /* bytes requested; SAMPLED_FLAG when recorded by sampling */
+    const pm_trace_tb *tb;
+} trace_slot;
+
+typedef struct trace_shard {
+    pm_spinlock lock;
+    trace_slot *slots;
+    size_t mask; /* capacity - 1; no table yet when slots is NULL */
+    size_t used;
+    size_t current; /* accounted bytes; written under lock, read relaxed by anyone */
+} __attribute__((aligned(64))) trace_shard;
+
+typedef struct tb_chunk {
+    struct tb_chunk *next;
+    size_t size;
+} tb_chunk;
+
+typedef struct tb_shard {
+    pm_spinlock lock;
+    const pm_trace_tb **slots;
+    size_t mask;
+    size_t used;
+    tb_chunk *chunks;
+    char *bump;
+    char *bump_end;
+} __attribute__((aligned(64))) tb_shard;
+
+typedef struct hook_ctx {
+    pm_domain domain;
+    /* Requests of 1..leaf_limit bytes cannot reach another domain through `wrapped`, so a
+     * call that sampling skips needs no depth count and becomes a tail call: every size
+     * for raw (it wraps the C library or a user's raw allocator), pymalloc's small sizes
+     * for mem and object over pymalloc (it serves them from its pools), else none. */
+    size_t leaf_limit;
+    pm_allocator wrapped;
+} hook_ctx;
+
+typedef struct provider_record {
+    pm_trace_frame_provider fn;
+    void *ctx;
+} provider_record;
+
+static trace_shard trace_shards[TRACE_SHARDS];
+static tb_shard tb_shards[TB_SHARDS];
+static int filter_counts[TRACE_SHARDS * FILTER_PER_SHARD]; /* traces per bucket; shard lock */
+/* Bit b: filter_counts[b] != 0. Written under the owning shard's lock (a shard's buckets
+ * fill whole words), read by anyone with a relaxed load. */
+static uint64_t filter_bits[TRACE_SHARDS * FILTER_PER_SHARD / 64];
+
+static size_t active_session; /* 0: not tracing */
+static int max_frames;        /* nframes of the session (relaxed) */
+static size_t sample_mean;    /* 0: trace everything; constant within a session */
+static size_t peak_bytes;
+static size_t lost_traces;
+static size_t tracer_memory;
+static int fail_memory;
+static const provider_record *frame_provider;
+static int native_skip[PM_DOMAIN_COUNT][OP_COUNT] = {{-1, -1, -1}, {-1, -1, -1}, {-1, -1, -1}};
+
+/* Start, stop, clear and snapshots. Never taken on an allocation path. */
+static pm_mutex control = PM_MUTEX_INITIALIZER;
+static size_t session_counter;           /* under control */
+static pm_allocator installed[PM_DOMAIN_COUNT]; /* our hooks as last installed; under control */
+static bool hooks_installed;             /* under control */
+
+enum { HOOK_POOL = 48, PROVIDER_POOL = 64 };
+static hook_ctx hook_pool[HOOK_POOL];
+static size_t hook_pool_used; /* under control */
+static provider_record provider_pool[PROVIDER_POOL];
+static size_t provider_pool_used; /* fetch-and-add */
+
+/* ---- per-thread state ------------------------------------------------------------------ */
+
+typedef struct trace_thread {
+    int depth;                  /* > 0 inside a hook: nested calls pass through */
+    int64_t countdown;          /* sampling: bytes to the next sample point */
+    size_t countdown_mean;      /* the mean it was drawn with; 0: not drawn */
+    uint64_t rng;               /* xorshift64* state; 0: not seeded */
+    size_t peak_growth;         /* traced bytes risen since this thread's last peak check */
+    /* The last short traceback interned, with a copy of its frames: comparing against the
+     * copy never touches the traceback, which a concurrent stop or clear may free. The
+     * pointer is only stored if the session is still last_session (checked under the
+     * shard lock), and session numbers are never reused, so it is valid then. */
+    const pm_trace_tb *last_tb;
+    size_t last_session;
+    uint32_t last_hash;
+    uint32_t last_domain;
+    size_t last_nframes;
+    pm_trace_frame last_frames[CACHED_FRAMES];
+    pm_trace_frame *frames; /* capture buffer: frames_cap frames, then as many pcs */
+    size_t frames_cap;
+    /* The trace a free or realloc in progress took out, for the debug report. */
+    uintptr_t removed_ptr;
+    const pm_trace_tb *removed_tb;
+    int calibrating; /* inside pm_trace_start's probes: hooks measure, not trace */
+} trace_thread;
+
+static __thread trace_thread tls __attribute__((tls_model("initial-exec")));
+static pthread_key_t thread_exit_key;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+/* ---- tracer memory --------------------------------------------------------------------- */
+
+/* What a mapping of `size` bytes really takes: whole pages. */
+static size_t mapped_bytes(size_t size) {
+    return (size + 4095) & ~(size_t)4095;
+}
+
+void *pm_trace_mem_alloc(size_t size) {
+    if (pm_atomic_load_int_relaxed(&fail_memory)) return NULL;
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    pm_atomic_faa_size(&tracer_memory, mapped_bytes(size));
+    return p;
+}
+
+void pm_trace_mem_free(void *p, size_t size) {
+    if (p == NULL) return;
+    munmap(p, size);
+    pm_atomic_faa_size(&tracer_memory, (size_t)0 - mapped_bytes(size));
+}
+
+void pm_trace_test_fail_memory(int fail) {
+    pm_atomic_store_int_relaxed(&fail_memory, fail);
+}
+
+size_t pm_trace_get_memory(void) {
+    return pm_atomic_load_size_relaxed(&tracer_memory);
+}
+
+size_t pm_trace_lost_traces(void) {
+    return pm_atomic_load_size_relaxed(&lost_traces);
+}
+
+/* Also the thread-exit destructor of thread_exit_key. */
+static void release_capture_buffer(void *unused) {
+    (void)unused;
+    pm_trace_mem_free(tls.frames, tls.frames_cap * (sizeof(pm_trace_frame) + sizeof(void *)));
+    tls.frames = NULL;
+    tls.frames_cap = 0;
+}
+
+/* ---- hashing --------------------------------------------------------------------------- */
+
+static inline uint64_t ptr_hash(uintptr_t ptr) {
+    return (uint64_t)(ptr >> 4) * 0x9E3779B97F4A7C15ull;
+}
+
+static inline size_t shard_index(uint64_t h) {
+    return (size_t)(h >> 58);
+}
+
+static inline size_t home_slot(uint64_t h, size_t mask) {
+    return (size_t)(h >> 20) & mask;
+}
+
+static inline size_t filter_bucket(uint64_t h) {
+    return shard_index(h) * FILTER_PER_SHARD + ((h >> 50) & (FILTER_PER_SHARD - 1));
+}
+
+/* False: ptr is certainly not traced. True: it may be. No lock. */
+static inline bool maybe_traced(uintptr_t ptr) {
+    size_t bucket = filter_bucket(ptr_hash(ptr));
+    return (pm_atomic_load_u64_relaxed(&filter_bits[bucket / 64]) >> (bucket % 64)) & 1;
+}
+
+/* One more (+1) or one fewer (-1) trace in h's bucket. Under h's shard lock. */
+static void filter_update(uint64_t h, int delta) {
+    size_t bucket = filter_bucket(h);
+    int count = filter_counts[bucket] += delta;
+    if (count == 0 || (count == 1 && delta > 0)) {
+        uint64_t *word = &filter_bits[bucket / 64];
+        uint64_t bit = (uint64_t)1 << (bucket % 64);
+        uint64_t bits = pm_atomic_load_u64_relaxed(word);
+        pm_atomic_store_u64_relaxed(word, count ? bits | bit : bits & ~bit);
+    }
+}
+
+/* ---- accounting ------------------------------------------------------------------------ */
+
+/* Bytes a trace stands for: its size, or its sampling weight s / (1 - exp(-s/N)). */
+static size_t sampled_weight(size_t size_field);
+
+static inline size_t accounted(size_t size_field) {
+    if (__builtin_expect(!(size_field & SAMPLED_FLAG), 1)) return size_field;
+    return sampled_weight(size_field);
+}
+
+__attribute__((noinline)) static size_t sampled_weight(size_t size_field) {
+    size_t size = size_field & ~SAMPLED_FLAG;
+    size_t mean = pm_atomic_load_size_relaxed(&sample_mean);
+    if (mean == 0 || size == 0) return size;
+    double p = -expm1(-(double)size / (double)mean);
+    return (size_t)((double)size / p + 0.5);
+}
+
+static size_t current_bytes(void) {
+    size_t sum = 0;
+    for (size_t i = 0; i < TRACE_SHARDS; i++) sum += pm_atomic_load_size_relaxed(&trace_shards[i].current);
+    return sum;
+}
+
+static void raise_peak(size_t value) {
+    size_t old = pm_atomic_load_size_relaxed(&peak_bytes);
+    while (value > old && !pm_atomic_cas_size(&peak_bytes, old, value)) {
+        old = pm_atomic_load_size_relaxed(&peak_bytes);
+    }
+}
+
+static void note_growth(size_t bytes) {
+    tls.peak_growth += bytes;
+    if (tls.peak_growth >= PEAK_CHECK_BYTES) {
+        tls.peak_growth = 0;
+        raise_peak(current_bytes());
+    }
+}
+
+static void note_shrink(size_t bytes) {
+    tls.peak_growth = tls.peak_growth > bytes ? tls.peak_growth - bytes : 0;
+}
+
+/* ---- the trace shards ------------------------------------------------------------------ */
+
+/* The slot of (ptr, domain) (*found), or the empty slot that ends its probe run. The
+ * table must exist. */
+static size_t shard_probe(const trace_shard *s, uintptr_t ptr, uint64_t h, unsigned domain,
+                          bool *found) PM_REQUIRES(s->lock) {
+    for (size_t i = home_slot(h, s->mask);; i = (i + 1) & s->mask) {
+        const trace_slot *slot = &s->slots[i];
+        *found = slot->ptr == ptr && slot->tb->domain == domain;
+        if (*found || slot->ptr == 0) return i;
+    }
+}
+
+static ptrdiff_t shard_find(const trace_shard *s, uintptr_t ptr, uint64_t h, unsigned domain)
+    PM_REQUIRES(s->lock) {
+    if (s->slots == NULL) return -1;
+    bool found;
+    size_t i = shard_probe(s, ptr, h, domain, &found);
+    return found ? (ptrdiff_t)i : -1;
+}
+
+static void shard_place(trace_slot *slots, size_t mask, trace_slot entry) {
+    size_t i = home_slot(ptr_hash(entry.ptr), mask);
+    while (slots[i].ptr != 0) i = (i + 1) & mask;
+    slots[i] = entry;
+}
+
+/* Makes room for one more slot. Returns -1 (table unchanged) when no memory is left. */
+static int shard_reserve(trace_shard *s) PM_REQUIRES(s->lock) {
+    size_t capacity = s->slots ? s->mask + 1 : 0;
+    if (s->slots != NULL && (s->used + 1) * 4 <= capacity * 3) return 0;
+    size_t new_capacity = capacity ? capacity * 2 : TRACE_TABLE_MIN;
+    trace_slot *slots = pm_trace_mem_alloc(new_capacity * sizeof(trace_slot));
+    if (slots == NULL) return -1;
+    for (size_t i = 0; i < capacity; i++) {
+        if (s->slots[i].ptr != 0) shard_place(slots, new_capacity - 1, s->slots[i]);
+    }
+    pm_trace_mem_free(s->slots, capacity * sizeof(trace_slot));
+    s->slots = slots;
+    s->mask = new_capacity - 1;
+    return 0;
+}
+
+/* Removes slot i, shifting later members of its probe run back (no tombstones). */
+static void shard_remove_at(trace_shard *s, size_t i) PM_REQUIRES(s->lock) {
+    size_t mask = s->mask;
+    const trace_slot gone = s->slots[i];
+    for (size_t j = (i + 1) & mask; s->slots[j].ptr != 0; j = (j + 1) & mask) {
+        size_t home = home_slot(ptr_hash(s->slots[j].ptr), mask);
+        /* Slot j may move to i if its home is not in (i, j] (cyclically). */
+        bool home_between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (!home_between) {
+            s->slots[i] = s->slots[j];
+            i = j;
+        }
+    }
+    s->slots[i].ptr = 0;
+    s->used--;
+    filter_update(ptr_hash(gone.ptr), -1);
+    pm_atomic_store_size_relaxed(&s->current, s->current - accounted(gone.size));
+}
+
+/* Stores (ptr -> size, tb) if the session is still `session`. Returns 0 (stored, or not
+ * tracing that session any more) or -1 when no memory is left (nothing changed). */
+static int trace_insert(uintptr_t ptr, size_t size_field, const pm_trace_tb *tb, size_t session) {
+    uint64_t h = ptr_hash(ptr);
+    trace_shard *s = &trace_shards[shard_index(h)];
+    size_t bytes = accounted(size_field);
+    pm_spinlock_lock(&s->lock);
+    if (pm_atomic_load_size_relaxed(&active_session) != session) {
+        pm_spinlock_unlock(&s->lock);
+        return 0;
+    }
+    bool found = false;
+    size_t i = s->slots != NULL ? shard_probe(s, ptr, h, tb->domain, &found) : 0;
+    if (found) {
+        trace_slot *slot = &s->slots[i];
+        size_t current = s->current - accounted(slot->size) + bytes;
+        slot->size = size_field;
+        slot->tb = tb;
+        pm_atomic_store_size_relaxed(&s->current, current);
+    } else {
+        const trace_slot *before = s->slots;
+        if (shard_reserve(s) != 0) {
+            pm_spinlock_unlock(&s->lock);
+            return -1;
+        }
+        if (s->slots != before) i = shard_probe(s, ptr, h, tb->domain, &found); /* rehashed */
+        s->slots[i] = (trace_slot){ptr, size_field, tb};
+        s->used++;
+        filter_update(h, +1);
+        pm_atomic_store_size_relaxed(&s->current, s->current + bytes);
+    }
+    pm_spinlock_unlock(&s->lock);
+    note_growth(bytes);
+    return 0;
+}
+
+/* Takes the trace of (domain, ptr) out; copies it to *out if asked. Returns whether there
+ * was one. */
+static bool trace_remove(unsigned domain, uintptr_t ptr, trace_slot *out) {
+    uint64_t h = ptr_hash(ptr);
+    if (!maybe_traced(ptr)) return false;
+    trace_shard *s = &trace_shards[shard_index(h)];
+    pm_spinlock_lock(&s->lock);
+    ptrdiff_t found = shard_find(s, ptr, h, domain);
+    trace_slot slot = {0, 0, NULL};
+    if (found >= 0) {
+        slot = s->slots[found];
+        shard_remove_at(s, (size_t)found);
+    }
+    pm_spinlock_unlock(&s->lock);
+    if (found < 0) return false;
+    note_shrink(accounted(slot.size));
+    if (out != NULL) *out = slot;
+    return true;
+}
+
+/* ---- tracebacks ------------------------------------------------------------------------ */
+
+static uint32_t frames_hash(unsigned domain, const pm_trace_frame *frames, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ull ^ domain ^ ((uint64_t)n << 32);
+    for (size_t i = 0; i < n; i++) {
+        h = (h ^ (uintptr_t)frames[i].filename) * 0x100000001b3ull;
+        h = (h ^ frames[i].lineno) * 0x100000001b3ull;
+    }
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+static bool tb_equal(const pm_trace_tb *tb, uint32_t hash, unsigned domain,
+                     const pm_trace_frame *frames, size_t n) {
+    if (tb->hash != hash || tb->domain != domain || tb->nframes != n) return false;
+    for (size_t i = 0; i < n; i++) {
+        if (tb->frames[i].filename != frames[i].filename || tb->frames[i].lineno != frames[i].lineno) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void *tb_bump(tb_shard *s, size_t size) PM_REQUIRES(s->lock) {
+    size = (size + 15) & ~(size_t)15;
+    if ((size_t)(s->bump_end - s->bump) < size) {
+        size_t chunk_size = size + sizeof(tb_chunk) + 16 > TB_CHUNK
+                                ? (size + sizeof(tb_chunk) + 16 + 4095) & ~(size_t)4095
+                                : TB_CHUNK;
+        tb_chunk *chunk = pm_trace_mem_alloc(chunk_size);
+        if (chunk == NULL) return NULL;
+        chunk->next = s->chunks;
+        chunk->size = chunk_size;
+        s->chunks = chunk;
+        s->bump = (char *)chunk + 16;
+        s->bump_end = (char *)chunk + chunk_size;
+    }
+    void *p = s->bump;
+    s->bump += size;
+    return p;
+}
+
+static int tb_reserve(tb_shard *s) PM_REQUIRES(s->lock) {
+    size_t capacity = s->slots ? s->mask + 1 : 0;
+    if (s->slots != NULL && (s->used + 1) * 4 <= capacity * 3) return 0;
+    size_t new_capacity = capacity ? capacity * 2 : TB_TABLE_MIN;
+    const pm_trace_tb **slots = pm_trace_mem_alloc(new_capacity * sizeof *slots);
+    if (slots == NULL) return -1;
+    for (size_t i = 0; i < capacity; i++) {
+        const pm_trace_tb *tb = s->slots[i];
+        if (tb == NULL) continue;
+        size_t j = tb->hash & (new_capacity - 1);
+        while (slots[j] != NULL) j = (j + 1) & (new_capacity - 1);
+        slots[j] = tb;
+    }
+    pm_trace_mem_free(s->slots, capacity * sizeof *slots);
+    s->slots = slots;
+    s->mask = new_capacity - 1;
+    return 0;
+}
+
+/* The interned traceback equal to (domain, frames), or NULL when no memory is left. */
+static const pm_trace_tb *tb_intern(unsigned domain, const pm_trace_frame *frames, size_t n,
+                                    size_t session) {
+    uint32_t hash = frames_hash(domain, frames, n);
+    if (tls.last_session == session && tls.last_hash == hash && tls.last_domain == domain &&
+        tls.last_nframes == n && memcmp(tls.last_frames, frames, n * sizeof *frames) == 0) {
+        return tls.last_tb;
+    }
+    tb_shard *s = &tb_shards[hash % TB_SHARDS];
+    const pm_trace_tb *result = NULL;
+    pm_spinlock_lock(&s->lock);
+    if (s->slots != NULL) {
+        for (size_t i = hash & s->mask; s->slots[i] != NULL; i = (i + 1) & s->mask) {
+            if (tb_equal(s->slots[i], hash, domain, frames, n)) {
+                result = s->slots[i];
+                break;
+            }
+        }
+    }
+    if (result == NULL && tb_reserve(s) == 0) {
+        pm_trace_tb *tb = tb_bump(s, sizeof(pm_trace_tb) + n * sizeof(pm_trace_frame));
+        if (tb != NULL) {
+            tb->hash = hash;
+            tb->domain = domain;
+            tb->nframes = (uint32_t)n;
+            tb->unused = 0;
+            memcpy(tb->frames, frames, n * sizeof *frames);
+            size_t i = hash & s->mask;
+            while (s->slots[i] != NULL) i = (i + 1) & s->mask;
+            s->slots[i] = tb;
+            s->used++;
+            result = tb;
+        }
+    }
+    pm_spinlock_unlock(&s->lock);
+    if (result != NULL && n <= CACHED_FRAMES) {
+        tls.last_tb = result;
+        tls.last_session = session;
+        tls.last_hash = hash;
+        tls.last_domain = domain;
+        tls.last_nframes = n;
+        memcpy(tls.last_frames, frames, n * sizeof *frames);
+    }
+    return result;
+}
+
+/* Makes the capture buffer hold `frames` frames and as many pcs. */
+static bool ensure_capture_buffer(size_t frames) {
+    if (tls.frames_cap >= frames) return true;
+    size_t cap = frames < 64 ? 64 : frames;
+    void *buffer = pm_trace_mem_alloc(cap * (sizeof(pm_trace_frame) + sizeof(void *)));
+    if (buffer == NULL) return false;
+    if (tls.frames == NULL) (void)pthread_setspecific(thread_exit_key, &tls);
+    release_capture_buffer(NULL);
+    tls.frames = buffer;
+    tls.frames_cap = cap;
+    return true;
+}
+
+static void **capture_pcs(void) {
+    return (void **)(void *)(tls.frames + tls.frames_cap);
+}
+
+/* Captures the caller's traceback. Called only from record(), so the native stack above
+ * it has the depth calibrate() measured. */
+__attribute__((noinline)) static const pm_trace_tb *capture(unsigned domain, int skip,
+                                                            size_t session) {
+    size_t nframes = (size_t)pm_atomic_load_int_relaxed(&max_frames);
+    if (nframes == 0) return NULL; /* stopped meanwhile; the insert would be refused anyway */
+    if (!ensure_capture_buffer(nframes + MAX_SKIP)) return NULL;
+    const provider_record *provider = pm_atomic_load_ptr_acquire(&frame_provider);
+    size_t n;
+    if (provider != NULL) {
+        n = provider->fn(provider->ctx, tls.frames, nframes);
+        if (n > nframes) n = nframes;
+        for (size_t i = 0; i < n; i++) {
+            if (tls.frames[i].filename == NULL) tls.frames[i].filename = "<unknown>";
+        }
+    } else {
+        void **pcs = capture_pcs();
+        int depth = backtrace(pcs, (int)(nframes + (size_t)skip));
+        n = depth > skip ? (size_t)(depth - skip) : 0;
+        for (size_t i = 0; i < n; i++) {
+            tls.frames[i] = (pm_trace_frame){NULL, (size_t)(uintptr_t)pcs[(size_t)skip + i]};
+        }
+    }
+    if (n == 0) {
+        tls.frames[0] = (pm_trace_frame){"<unknown>", 0};
+        n = 1;
+    }
+    return tb_intern(domain, tls.frames, n, session);
+}
+
+/* The probe's own stack and what calibrate_here found; only start() calibrates, holding
+ * the control mutex, so plain statics do. */
+static void *calibration_reference[CALIBRATION_DEPTH];
+static int calibration_reference_depth;
+static int calibrated_skip;
+
+/* Called instead of capture() while calibrating, from the same place in record(), so its
+ * stack has capture()'s depth: the frames it shares with the probe's own stack, counted
+ * from the outermost, are the probe's callers; the frame just inside them is the probe
+ * (the caller a real trace wants), and everything before it is ours to skip. Comparing
+ * from the outer end makes frames that a runtime adds at the top (a sanitizer's
+ * backtrace interceptor) count as ours too. */
+__attribute__((noinline)) static void calibrate_here(void) {
+    void *pcs[CALIBRATION_DEPTH];
+    int depth = backtrace(pcs, CALIBRATION_DEPTH);
+    int reference_depth = calibration_reference_depth;
+    if (depth == CALIBRATION_DEPTH || reference_depth == CALIBRATION_DEPTH) return; /* truncated */
+    int shared = 0;
+    while (shared < depth && shared < reference_depth &&
+           pcs[depth - 1 - shared] == calibration_reference[reference_depth - 1 - shared]) {
+        shared++;
+    }
+    int probe = depth - 1 - shared;
+    if (shared > 0 && probe >= 1 && probe <= MAX_SKIP) calibrated_skip = probe;
+}
+
+/* The trace of a new block. Returns 0 (stored, or tracing stopped meanwhile) or -1. */
+__attribute__((noinline)) static int record(unsigned domain, int op, uintptr_t ptr,
+                                            size_t size_field, size_t session) {
+    if (tls.calibrating) {
+        calibrate_here();
+        return 0;
+    }
+    int skip = pm_atomic_load_int_relaxed(&native_skip[domain][op]);
+    const pm_trace_tb *tb = capture(domain, skip < 0 ? 0 : skip, session);
+    if (tb == NULL) return pm_atomic_load_size_relaxed(&active_session) == session ? -1 : 0;
+    return trace_insert(ptr, size_field, tb, session);
+}
+
+/* ---- sampling -------------------------------------------------------------------------- */
+
+static uint64_t splitmix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static uint64_t next_random(void) {
+    uint64_t x = tls.rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    tls.rng = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+static void draw_countdown(size_t mean) {
+    if (tls.rng == 0) {
+        static size_t threads_seeded;
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        uint64_t seed = (uint64_t)now.tv_nsec ^ ((uint64_t)now.tv_sec << 30) ^ (uintptr_t)&tls;
+        tls.rng = splitmix64(seed ^ splitmix64(pm_atomic_faa_size(&threads_seeded, 1))) | 1;
+    }
+    /* u uniform in (0, 1]: -log(u) is exponential with mean 1. */
+    double u = (double)((next_random() >> 11) + 1) * 0x1.0p-53;
+    double bytes = -log(u) * (double)mean;
+    tls.countdown = bytes >= 0x1.0p62 ? INT64_MAX / 2 : (int64_t)bytes + 1;
+    tls.countdown_mean = mean;
+}
+
+void pm_trace_test_seed_sampler(uint64_t seed) {
+    tls.rng = splitmix64(seed) | 1;
+    tls.countdown = 0;
+    tls.countdown_mean = 0;
+}
+
+/* Sampling's slow half: the countdown ran out (or was never drawn). Returns whether a
+ * block of `size` bytes is sampled. */
+__attribute__((noinline)) static bool sample_slow(size_t size, size_t mean) {
+    if (tls.calibrating) return true;
+    if (tls.countdown_mean != mean) {
+        /* First use in this thread, or a new rate: draw, then charge this block. */
+        draw_countdown(mean);
+        tls.countdown -= (int64_t)size;
+        if (tls.countdown > 0) return false;
+    }
+    draw_countdown(mean);
+    return true;
+}
+
+/* Whether this call is skipped by sampling. The fast path: one subtract and compare. */
+static inline bool sampled_out(size_t size) {
+    size_t mean = pm_atomic_load_size_relaxed(&sample_mean);
+    if (mean == 0) return false;
+    tls.countdown -= (int64_t)(size > INT64_MAX ? INT64_MAX : size);
+    if (__builtin_expect(tls.countdown > 0, 1)) return true;
+    return !sample_slow(size, mean);
+}
+
+/* ---- the hooks ------------------------------------------------------------------------- */
+
+static void *call_alloc(const hook_ctx *h, int op, size_t nelem, size_t size) {
+    const pm_allocator *a = &h->wrapped;
+    switch (op) {
+    case OP_CALLOC: return a->calloc(a->ctx, nelem, size);
+    case OP_REALLOC: return a->realloc(a->ctx, NULL, size);
+    default: return a->malloc(a->ctx, size);
+    }
+}
+
+/* malloc, calloc and realloc(NULL, n) when traced. */
+__attribute__((noinline)) static void *traced_alloc(const hook_ctx *h, int op, size_t nelem,
+                                                    size_t elsize, size_t total) {
+    size_t session = pm_atomic_load_size_acquire(&active_session);
+    if (session == 0) return call_alloc(h, op, nelem, elsize);
+    size_t flags = pm_atomic_load_size_relaxed(&sample_mean) ? SAMPLED_FLAG : 0;
+    tls.depth++;
+    void *p = call_alloc(h, op, nelem, elsize);
+    if (p != NULL && record(h->domain, op, (uintptr_t)p, total | flags, session) != 0) {
+        h->wrapped.free(h->wrapped.ctx, p);
+        p = NULL;
+        errno = ENOMEM;
+    }
+    tls.depth--;
+    return p;
+}
+
+/* A call that sampling skipped is still the outermost one: what it calls (pymalloc handing
+ * 0 or more than 512 bytes to the raw domain) is nested, neither sampled again nor charged
+ * to the countdown twice; hook_ctx.leaf_limit says when there can be no such call. */
+static void *hook_malloc(void *ctx, size_t size) {
+    const hook_ctx *h = ctx;
+    if (tls.depth != 0) return h->wrapped.malloc(h->wrapped.ctx, size);
+    if (!sampled_out(size)) return traced_alloc(h, OP_MALLOC, 1, size, size);
+    if (size - 1 < h->leaf_limit) return h->wrapped.malloc(h->wrapped.ctx, size);
+    tls.depth++;
+    void *p = h->wrapped.malloc(h->wrapped.ctx, size);
+    tls.depth--;
+    return p;
+}
+
+static void *hook_calloc(void *ctx, size_t nelem, size_t elsize) {
+    const hook_ctx *h = ctx;
+    size_t total;
+    if (tls.depth != 0 || __builtin_mul_overflow(nelem, elsize, &total)) {
+        return h->wrapped.calloc(h->wrapped.ctx, nelem, elsize);
+    }
+    if (!sampled_out(total)) return traced_alloc(h, OP_CALLOC, nelem, elsize, total);
+    if (total - 1 < h->leaf_limit) return h->wrapped.calloc(h->wrapped.ctx, nelem, elsize);
+    tls.depth++;
+    void *p = h->wrapped.calloc(h->wrapped.ctx, nelem, elsize);
+    tls.depth--;
+    return p;
+}
+
+__attribute__((noinline)) static void *traced_realloc(const hook_ctx *h, void *ptr,
+                                                      size_t new_size, bool sampled) {
+    size_t session = pm_atomic_load_size_acquire(&active_session);
+    trace_slot old = {0, 0, NULL};
+    bool had_old = session != 0 && trace_remove(h->domain, (uintptr_t)ptr, &old);
+    tls.depth++;
+    tls.removed_ptr = (uintptr_t)ptr;
+    tls.removed_tb = old.tb;
+    void *q = h->wrapped.realloc(h->wrapped.ctx, ptr, new_size);
+    tls.removed_ptr = 0;
+    if (q == NULL) {
+        /* The old block is intact: so is its trace. The slot it left may be gone. */
+        if (had_old && trace_insert((uintptr_t)ptr, old.size, old.tb, session) != 0) {
+            pm_atomic_faa_size(&lost_traces, 1);
+        }
+    } else if (sampled && session != 0) {
+        size_t flags = pm_atomic_load_size_relaxed(&sample_mean) ? SAMPLED_FLAG : 0;
+        if (record(h->domain, OP_REALLOC, (uintptr_t)q, new_size | flags, session) != 0) {
+            /* CPython aborts here. The block is the caller's now: keep it, untraced. */
+            pm_atomic_faa_size(&lost_traces, 1);
+        }
+    }
+    tls.depth--;
+    return q;
+}
+
+static void *hook_realloc(void *ctx, void *ptr, size_t new_size) {
+    const hook_ctx *h = ctx;
+    if (tls.depth != 0) return h->wrapped.realloc(h->wrapped.ctx, ptr, new_size);
+    bool sampled = !sampled_out(new_size);
+    if (sampled && ptr == NULL) return traced_alloc(h, OP_REALLOC, 1, new_size, new_size);
+    /* The old block may be traced even when the new one is not sampled. */
+    if (sampled || maybe_traced((uintptr_t)ptr)) return traced_realloc(h, ptr, new_size, sampled);
+    tls.depth++; /* as in hook_malloc: what it calls is nested */
+    void *q = h->wrapped.realloc(h->wrapped.ctx, ptr, new_size);
+    tls.depth--;
+    return q;
+}
+
+/* A free that may untrace: the filter says the pointer may be traced. */
+__attribute__((noinline)) static void traced_free(const hook_ctx *h, void *ptr) {
+    trace_slot old;
+    /* Untrace first: once freed, the address may be handed to another thread. */
+    if (pm_atomic_load_size_acquire(&active_session) == 0 ||
+        !trace_remove(h->domain, (uintptr_t)ptr, &old)) {
+        h->wrapped.free(h->wrapped.ctx, ptr);
+        return;
+    }
+    tls.removed_ptr = (uintptr_t)ptr;
+    tls.removed_tb = old.tb;
+    h->wrapped.free(h->wrapped.ctx, ptr);
+    tls.removed_ptr = 0;
+}
+
+/* No depth count around the wrapped free: a nested free (pymalloc handing a large block to
+ * the raw domain) finds no trace under the raw domain, since the nested allocation was not
+ * traced, so it only costs a filter check. The common untraced free is a tail call. */
+static void hook_free(void *ctx, void *ptr) {
+    const hook_ctx *h = ctx;
+    if (tls.depth == 0 && ptr != NULL && maybe_traced((uintptr_t)ptr)) {
+        traced_free(h, ptr);
+        return;
+    }
+    h->wrapped.free(h->wrapped.ctx, ptr);
+}
+
+static bool is_hook(const pm_allocator *a) {
+    return a->malloc == hook_malloc;
+}
+
+/* The interned hook context for (domain, wrapped), or NULL when the pool is full. */
+static const hook_ctx *hook_ctx_for(pm_domain domain, const pm_allocator *wrapped)
+    PM_REQUIRES(control) {
+    for (size_t i = 0; i < hook_pool_used; i++) {
+        if (hook_pool[i].domain == domain && pm_allocator_equal(&hook_pool[i].wrapped, wrapped)) {
+            return &hook_pool[i];
+        }
+    }
+    if (hook_pool_used == HOOK_POOL) return NULL;
+    hook_ctx *h = &hook_pool[hook_pool_used++];
+    h->domain = domain;
+    h->wrapped = *wrapped;
+    h->leaf_limit = domain == PM_DOMAIN_RAW                               ? SIZE_MAX
+                    : pm_allocator_equal(wrapped, &pm_pymalloc_allocator) ? PM_SMALL_REQUEST_THRESHOLD
+                                                                          : 0;
+    return h;
+}
+
+/* ---- the debug hooks' report ----------------------------------------------------------- */
+
+static void put(int fd, const char *s) {
+    size_t n = strlen(s);
+    while (n > 0) {
+        ssize_t w = write(fd, s, n);
+        if (w <= 0) return;
+        s += w;
+        n -= (size_t)w;
+    }
+}
+
+static void put_decimal(int fd, size_t v) {
+    char text[24];
+    char *p = text + sizeof text;
+    *--p = '\0';
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    put(fd, p);
+}
+
+static void print_tb(int fd, const pm_trace_tb *tb) {
+    put(fd, "Memory block allocated at (most recent call first):\n");
+    for (uint32_t i = 0; i < tb->nframes; i++) {
+        pm_trace_frame f = pm_trace_symbolize(tb->frames[i]);
+        put(fd, "  File \"");
+        put(fd, f.filename);
+        put(fd, "\", line ");
+        put_decimal(fd, f.lineno);
+        put(fd, "\n");
+    }
+    put(fd, "\n");
+}
+
+/* CPython's _PyMem_DumpTraceback, for alloc/debug_hooks.c's block report. */
+static void print_allocation_traceback(int fd, const void *ptr) {
+    if (pm_atomic_load_size_acquire(&active_session) == 0) {
+        put(fd, "Enable tracemalloc to get the memory block allocation traceback\n\n");
+        return;
+    }
+    /* A free or realloc of this thread took the trace out just before calling down. */
+    if (tls.removed_ptr == (uintptr_t)ptr && tls.removed_tb != NULL) {
+        print_tb(fd, tls.removed_tb);
+        return;
+    }
+    uint64_t h = ptr_hash((uintptr_t)ptr);
+    trace_shard *s = &trace_shards[shard_index(h)];
+    pm_spinlock_lock(&s->lock);
+    for (unsigned d = 0; d < PM_DOMAIN_COUNT; d++) {
+        ptrdiff_t found = shard_find(s, (uintptr_t)ptr, h, d);
+        if (found >= 0) {
+            print_tb(fd, s->slots[found].tb);
+            break;
+        }
+    }
+    pm_spinlock_unlock(&s->lock);
+}
+
+pm_trace_frame pm_trace_symbolize(pm_trace_frame frame) {
+    if (frame.filename != NULL) return frame;
+    Dl_info info;
+    uintptr_t pc = (uintptr_t)frame.lineno;
+    /* pc - 1: a return address may be the first byte after the calling function. */
+    if (dladdr((void *)(pc - 1), &info) != 0 && info.dli_fname != NULL && info.dli_fname[0]) {
+        return (pm_trace_frame){info.dli_fname, pc - (uintptr_t)info.dli_fbase};
+    }
+    return (pm_trace_frame){"<unknown>", pc};
+}
+
+/* ---- tables: clearing ------------------------------------------------------------------ */
+
+/* Empties every shard and frees the tracebacks. active_session must be 0 or a session
+ * no hook has read yet, so nothing refers to a traceback once its shard is empty. */
+static void reset_tables(bool release_memory) PM_REQUIRES(control) {
+    for (size_t i = 0; i < TRACE_SHARDS; i++) {
+        trace_shard *s = &trace_shards[i];
+        pm_spinlock_lock(&s->lock);
+        size_t capacity = s->slots ? s->mask + 1 : 0;
+        if (release_memory) {
+            pm_trace_mem_free(s->slots, capacity * sizeof(trace_slot));
+            s->slots = NULL;
+            s->mask = 0;
+        } else if (s->slots != NULL) {
+            memset(s->slots, 0, capacity * sizeof(trace_slot));
+        }
+        s->used = 0;
+        pm_atomic_store_size_relaxed(&s->current, 0);
+        memset(&filter_counts[i * FILTER_PER_SHARD], 0, FILTER_PER_SHARD * sizeof *filter_counts);
+        for (size_t w = 0; w < FILTER_PER_SHARD / 64; w++) {
+            pm_atomic_store_u64_relaxed(&filter_bits[i * FILTER_PER_SHARD / 64 + w], 0);
+        }
+        pm_spinlock_unlock(&s->lock);
+    }
+    for (size_t i = 0; i < TB_SHARDS; i++) {
+        tb_shard *s = &tb_shards[i];
+        pm_spinlock_lock(&s->lock);
+        pm_trace_mem_free(s->slots, s->slots ? (s->mask + 1) * sizeof *s->slots : 0);
+        s->slots = NULL;
+        s->mask = 0;
+        s->used = 0;
+        while (s->chunks != NULL) {
+            tb_chunk *next = s->chunks->next;
+            pm_trace_mem_free(s->chunks, s->chunks->size);
+            s->chunks = next;
+        }
+        s->bump = s->bump_end = NULL;
+        pm_spinlock_unlock(&s->lock);
+    }
+    pm_atomic_store_size_relaxed(&peak_bytes, 0);
+}
+
+/* ---- fork ------------------------------------------------------------------------------ */
+
+/* fork() while another thread is inside a shard leaves the child a lock nobody will release
+ * and perhaps a half-updated table. Holding every shard lock across fork() would avoid
+ * that, but 81 locks held at once exceed what ThreadSanitizer can follow (64). So the
+ * prepare handler holds only the control mutex (no start, stop, clear or snapshot is
+ * under way), and the child, alone, makes every shard lock free again and starts a fresh
+ * session from empty tables: it keeps tracing, without the parent's traces. */
+static void fork_prepare(void) PM_NO_THREAD_SAFETY_ANALYSIS {
+    pm_mutex_lock(&control);
+}
+
+static void fork_parent(void) PM_NO_THREAD_SAFETY_ANALYSIS {
+    pm_mutex_unlock(&control);
+}
+
+static void fork_child(void) PM_NO_THREAD_SAFETY_ANALYSIS {
+    for (size_t i = 0; i < TRACE_SHARDS; i++) pm_spinlock_init(&trace_shards[i].lock);
+    for (size_t i = 0; i < TB_SHARDS; i++) pm_spinlock_init(&tb_shards[i].lock);
+    if (pm_atomic_load_size_relaxed(&active_session) != 0) {
+        pm_atomic_store_size_release(&active_session, 0);
+        reset_tables(true);
+        pm_atomic_store_size_release(&active_session, ++session_counter);
+    }
+    pm_mutex_unlock(&control);
+}
+
+/* ---- calibration ----------------------------------------------------------------------- */
+
+/* Allocates through (domain, op) from a frame whose stack it recorded first. */
+__attribute__((noinline)) static int calibrate_probe(pm_domain domain, int op) PM_GIL_REQUIRED {
+    calibration_reference_depth = backtrace(calibration_reference, CALIBRATION_DEPTH);
+    calibrated_skip = -1;
+    tls.calibrating = 1;
+    int64_t saved_countdown = tls.countdown;
+    tls.countdown = 0; /* sampling: take the slow path, which samples while calibrating */
+    void *p = NULL;
+    switch (domain * OP_COUNT + op) {
+    case PM_DOMAIN_RAW * OP_COUNT + OP_MALLOC: p = pm_raw_malloc(16); break;
+    case PM_DOMAIN_RAW * OP_COUNT + OP_CALLOC: p = pm_raw_calloc(1, 16); break;
+    case PM_DOMAIN_RAW * OP_COUNT + OP_REALLOC: p = pm_raw_realloc(NULL, 16); break;
+    case PM_DOMAIN_MEM * OP_COUNT + OP_MALLOC: p = pm_mem_malloc(16); break;
+    case PM_DOMAIN_MEM * OP_COUNT + OP_CALLOC: p = pm_mem_calloc(1, 16); break;
+    case PM_DOMAIN_MEM * OP_COUNT + OP_REALLOC: p = pm_mem_realloc(NULL, 16); break;
+    case PM_DOMAIN_OBJ * OP_COUNT + OP_MALLOC: p = pm_obj_malloc(16); break;
+    case PM_DOMAIN_OBJ * OP_COUNT + OP_CALLOC: p = pm_obj_calloc(1, 16); break;
+    default: p = pm_obj_realloc(NULL, 16); break;
+    }
+    tls.calibrating = 0;
+    tls.countdown = saved_countdown;
+    switch (domain) {
+    case PM_DOMAIN_RAW: pm_raw_free(p); break;
+    case PM_DOMAIN_MEM: pm_mem_free(p); break;
+    default: pm_obj_free(p); break;
+    }
+    return calibrated_skip;
+}
+
+static void calibrate(void) PM_GIL_REQUIRED {
+    for (int d = 0; d < PM_DOMAIN_COUNT; d++) {
+        for (int op = 0; op < OP_COUNT; op++) {
+            int skip = calibrate_probe((pm_domain)d, op);
+            pm_atomic_store_int_relaxed(&native_skip[d][op], skip < 0 ? 0 : skip);
+        }
+    }
+}
+
+int pm_trace_test_native_skip(pm_domain domain, int op) {
+    if ((unsigned)domain >= PM_DOMAIN_COUNT || op < 0 || op >= OP_COUNT) return -1;
+    return pm_atomic_load_int_relaxed(&native_skip[domain][op]);
+}
+
+/* ---- start and stop -------------------------------------------------------------------- */
+
+static void init_once(void) {
+    (void)pthread_key_create(&thread_exit_key, release_capture_buffer);
+    (void)pthread_atfork(fork_prepare, fork_parent, fork_child);
+    pm_atomic_store_ptr_release(&pm_debug_traceback_printer,
+                                (const void *)(uintptr_t)print_allocation_traceback);
+}
+
+static int start(int nframes, size_t mean) PM_GIL_REQUIRED {
+    if (nframes < 1 || nframes > PM_TRACE_MAX_FRAMES) {
+        errno = EINVAL;
+        return -1;
+    }
+    pthread_once(&once, init_once);
+    pm_mutex_lock(&control);
+    if (pm_atomic_load_size_relaxed(&active_session) != 0) {
+        bool same_mode = pm_atomic_load_size_relaxed(&sample_mean) == mean;
+        if (same_mode) pm_atomic_store_int_relaxed(&max_frames, nframes);
+        pm_mutex_unlock(&control);
+        if (!same_mode) errno = EBUSY;
+        return same_mode ? 0 : -1;
+    }
+    pm_allocator saved[PM_DOMAIN_COUNT], target[PM_DOMAIN_COUNT];
+    for (int d = 0; d < PM_DOMAIN_COUNT; d++) {
+        (void)pm_get_allocator((pm_domain)d, &saved[d]);
+        target[d] = saved[d];
+        if (is_hook(&saved[d])) continue; /* left on top by a stop that could not unwind */
+        const hook_ctx *h = hook_ctx_for((pm_domain)d, &saved[d]);
+        if (h == NULL) {
+            pm_mutex_unlock(&control);
+            errno = ENOMEM;
+            return -1;
+        }
+        target[d] = (pm_allocator){(void *)(uintptr_t)h, hook_malloc, hook_calloc, hook_realloc,
+                                   hook_free};
+    }
+    if (pm_domains_install(saved, target) != 0) {
+        pm_mutex_unlock(&control);
+        return -1;
+    }
+    memcpy(installed, target, sizeof installed);
+    hooks_installed = true;
+    pm_atomic_store_size_relaxed(&sample_mean, mean);
+    pm_atomic_store_int_relaxed(&max_frames, nframes);
+    pm_atomic_store_size_relaxed(&peak_bytes, 0);
+    pm_atomic_store_size_release(&active_session, ++session_counter);
+    calibrate();
+    pm_mutex_unlock(&control);
+    return 0;
+}
+
+int pm_trace_start(int nframes) {
+    return start(nframes, 0);
+}
+
+int pm_trace_start_sampling(int nframes, size_t mean_bytes) {
+    return start(nframes, mean_bytes ? mean_bytes : PM_TRACE_DEFAULT_SAMPLE_BYTES);
+}
+
+void pm_trace_stop(void) {
+    pm_mutex_lock(&control);
+    if (pm_atomic_load_size_relaxed(&active_session) != 0) {
+        pm_atomic_store_size_release(&active_session, 0);
+        pm_atomic_store_int_relaxed(&max_frames, 0);
+        if (hooks_installed) {
+            for (int d = 0; d < PM_DOMAIN_COUNT; d++) {
+                pm_allocator now;
+                (void)pm_get_allocator((pm_domain)d, &now);
+                /* Someone wrapped our hook: it stays, passing calls through. */
+                if (!pm_allocator_equal(&now, &installed[d])) continue;
+                const hook_ctx *h = installed[d].ctx;
+                /* Interned records: setting one installed before cannot fail. */
+                (void)pm_set_allocator((pm_domain)d, &h->wrapped);
+            }
+            hooks_installed = false;
+        }
+        reset_tables(true);
+    }
+    pm_mutex_unlock(&control);
+}
+
+int pm_trace_is_tracing(void) {
+    return pm_atomic_load_size_acquire(&active_session) != 0;
+}
+
+int pm_trace_get_traceback_limit(void) {
+    return pm_trace_is_tracing() ? pm_atomic_load_int_relaxed(&max_frames) : 0;
+}
+
+int pm_trace_set_frame_provider(pm_trace_frame_provider fn, void *ctx) {
+    const provider_record *record = NULL;
+    if (fn != NULL) {
+        size_t index = pm_atomic_faa_size(&provider_pool_used, 1);
+        provider_record *fresh = NULL;
+        if (index < PROVIDER_POOL) {
+            fresh = &provider_pool[index];
+        } else {
+            fresh = mmap(NULL, sizeof *fresh, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                         -1, 0);
+            if (fresh == MAP_FAILED) {
+                errno = ENOMEM;
+                return -1;
+            }
+        }
+        fresh->fn = fn;
+        fresh->ctx = ctx;
+        record = fresh;
+    }
+    pm_atomic_store_ptr_release(&frame_provider, record);
+    return 0;
+}
+
+/* ---- queries --------------------------------------------------------------------------- */
+
+void pm_trace_get_traced_memory(size_t *current, size_t *peak) {
+    size_t now = 0, top = 0;
+    if (pm_trace_is_tracing()) {
+        now = current_bytes();
+        raise_peak(now);
+        top = pm_atomic_load_size_relaxed(&peak_bytes);
+    }
+    if (current != NULL) *current = now;
+    if (peak != NULL) *peak = top;
+}
+
+void pm_trace_reset_peak(void) {
+    if (!pm_trace_is_tracing()) return;
+    tls.peak_growth = 0;
+    pm_atomic_store_size_relaxed(&peak_bytes, current_bytes());
+}
+
+void pm_trace_clear_traces(void) {
+    pm_mutex_lock(&control);
+    if (pm_atomic_load_size_relaxed(&active_session) != 0) {
+        /* Close the session first: an insert racing with the clear is refused rather than
+         * stored with a traceback about to be freed. */
+        pm_atomic_store_size_release(&active_session, 0);
+        reset_tables(false);
+        pm_atomic_store_size_release(&active_session, ++session_counter);
+    }
+    pm_mutex_unlock(&control);
+}
+
+int pm_trace_visit(pm_trace_visit_fn visit, void *ctx) {
+    pm_mutex_lock(&control);
+    if (pm_atomic_load_size_relaxed(&active_session) == 0) {
+        pm_mutex_unlock(&control);
+        errno = EINVAL;
+        return -1;
+    }
+    int result = 0;
+    for (size_t i = 0; i < TRACE_SHARDS && result == 0; i++) {
+        trace_shard *s = &trace_shards[i];
+        pm_spinlock_lock(&s->lock);
+        size_t capacity = s->slots ? s->mask + 1 : 0;
+        for (size_t j = 0; j < capacity && result == 0; j++) {
+            const trace_slot *slot = &s->slots[j];
+            if (slot->ptr != 0) result = visit(ctx, slot->tb, accounted(slot->size));
+        }
+        pm_spinlock_unlock(&s->lock);
+    }
+    pm_mutex_unlock(&control);
+    return result;
+}
+
+int pm_trace_get_traceback(unsigned int domain, const void *ptr, pm_trace_frame *out, size_t max) {
+    if (!pm_trace_is_tracing()) return -1;
+    uint64_t h = ptr_hash((uintptr_t)ptr);
+    trace_shard *s = &trace_shards[shard_index(h)];
+    int n = -1;
+    pm_spinlock_lock(&s->lock);
+    ptrdiff_t found = shard_find(s, (uintptr_t)ptr, h, domain);
+    if (found >= 0) {
+        const pm_trace_tb *tb = s->slots[found].tb;
+        n = (int)tb->nframes;
+        for (size_t i = 0; i < max && i < tb->nframes; i++) out[i] = pm_trace_symbolize(tb->frames[i]);
+    }
+    pm_spinlock_unlock(&s->lock);
+    return n;
+}
+
+/* ---- PyTraceMalloc_Track / Untrack ------------------------------------------------------- */
+
+int pm_trace_track(unsigned int domain, uintptr_t ptr, size_t size) {
+    size_t session = pm_atomic_load_size_acquire(&active_session);
+    if (session == 0) return -2;
+    if (ptr == 0 || size > (size_t)PTRDIFF_MAX) return -1;
+    tls.depth++; /* a frame provider allocating here is not traced */
+    /* Native frames: capture's own and this function's. */
+    const pm_trace_tb *tb = capture(domain, 2, session);
+    int result = tb == NULL ? -1 : trace_insert(ptr, size, tb, session);
+    tls.depth--;
+    return result;
+}
+
+int pm_trace_untrack(unsigned int domain, uintptr_t ptr) {
+    if (!pm_trace_is_tracing()) return -2;
+    (void)trace_remove(domain, ptr, NULL);
+    return 0;
+}

@@ -1,0 +1,156 @@
+// tests/trace_sampling_test.cc — sampling mode (alloc/trace.c): a Poisson process over the
+// bytes a thread allocates, mean N. A block of s bytes is sampled with probability
+// p(s) = 1 - exp(-s/N) and then stands for s / p(s) bytes, so the traced total is an
+// unbiased estimate of the live bytes, with variance sum of s^2 (1 - p) / p.
+//
+// Every run is seeded (pm_trace_test_seed_sampler) and allocates a fixed sequence of sizes,
+// so each result is deterministic: the statistical bounds below (5 standard deviations per
+// run, and for the mean of 20 runs) were chosen so that a correct sampler passes them with
+// overwhelming probability, and with fixed seeds they cannot flake. A biased estimator
+// (for example weighting each sample by N, or by max(N, s)) fails the bound on the mean.
+
+#include <math.h>
+#include <stdint.h>
+
+#include <vector>
+
+#include "alloc/internal/trace.h"
+#include "alloc/pymalloc_mt.h"
+#include "gtest/gtest.h"
+#include "tests/support/gil_scope.h"
+
+namespace {
+
+constexpr size_t kMean = 4096;
+
+class SamplingTest : public ::testing::Test {
+  protected:
+    void TearDown() override { pm_trace_stop(); }
+};
+
+size_t Current() {
+    size_t current = 0;
+    pm_trace_get_traced_memory(&current, nullptr);
+    return current;
+}
+
+struct SampledRun {
+    double truth = 0;
+    double estimate = 0;
+    double variance = 0;
+    double expected_samples = 0;
+    size_t samples = 0;
+    size_t blocks = 0;
+};
+
+// Allocates 4 MiB in blocks of 1..1024 bytes (sizes from `seed`), reads the estimate, frees.
+SampledRun SampleOnce(uint64_t seed) PM_GIL_REQUIRED {
+    SampledRun run;
+    EXPECT_EQ(0, pm_trace_start_sampling(1, kMean));
+    pm_trace_test_seed_sampler(seed);
+    uint64_t lcg = seed * 6364136223846793005ull + 1442695040888963407ull;
+    std::vector<void *> blocks;
+    while (run.truth < 4.0 * 1024 * 1024) {
+        lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
+        size_t s = 1 + size_t(lcg >> 33) % 1024;
+        void *p = pm_raw_malloc(s);
+        EXPECT_NE(nullptr, p);
+        blocks.push_back(p);
+        double probability = -expm1(-double(s) / double(kMean));
+        run.truth += double(s);
+        run.variance += double(s) * double(s) * (1 - probability) / probability;
+        run.expected_samples += probability;
+    }
+    run.blocks = blocks.size();
+    run.estimate = double(Current());
+    pm_trace_snapshot *snapshot = pm_trace_take_snapshot();
+    EXPECT_NE(nullptr, snapshot);
+    run.samples = pm_trace_snapshot_count(snapshot);
+    EXPECT_EQ(size_t(run.estimate), pm_trace_snapshot_size(snapshot));
+    pm_trace_snapshot_free(snapshot);
+    for (void *p : blocks) pm_raw_free(p);
+    EXPECT_EQ(0u, Current()) << "every sampled block was untraced by its free";
+    pm_trace_stop();
+    return run;
+}
+
+TEST_F(SamplingTest, TheEstimateIsUnbiasedWithinStatisticalBounds) {
+    GilScope gil;
+    constexpr int kRuns = 20;
+    double truth = 0, estimate = 0, variance = 0;
+    for (int i = 0; i < kRuns; i++) {
+        SampledRun run = SampleOnce(uint64_t(i) + 1);
+        SCOPED_TRACE(i);
+        // Each weight is rounded to whole bytes: at most half a byte per block.
+        double slack = 5 * sqrt(run.variance) + 0.5 * double(run.blocks);
+        EXPECT_NEAR(run.truth, run.estimate, slack);
+        double samples_sd = sqrt(run.expected_samples);
+        EXPECT_NEAR(run.expected_samples, double(run.samples), 5 * samples_sd + 1);
+        EXPECT_LT(run.samples, run.blocks / 2) << "sampling must skip most small blocks";
+        truth += run.truth;
+        estimate += run.estimate;
+        variance += run.variance;
+    }
+    // The mean of the runs: 5 standard deviations are 3.5% of the truth here, while
+    // weighting samples by max(N, s) would be about 6% low.
+    EXPECT_NEAR(truth / kRuns, estimate / kRuns, 5 * sqrt(variance) / kRuns + 1.0);
+}
+
+TEST_F(SamplingTest, BlocksFarLargerThanTheMeanAreAlwaysTracedAtTheirSize) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start_sampling(1, kMean));
+    pm_trace_test_seed_sampler(7);
+    std::vector<void *> blocks;
+    for (int i = 0; i < 10; i++) blocks.push_back(pm_raw_malloc(size_t{1} << 20));
+    EXPECT_EQ(size_t{10} << 20, Current());
+    for (void *p : blocks) pm_raw_free(p);
+    EXPECT_EQ(0u, Current());
+}
+
+TEST_F(SamplingTest, TheDefaultRateAndModeChecks) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start_sampling(1, 0));  // 0: the default, 512 KiB
+    EXPECT_TRUE(pm_trace_is_tracing());
+    EXPECT_EQ(0, pm_trace_start_sampling(2, PM_TRACE_DEFAULT_SAMPLE_BYTES));  // same mode
+    EXPECT_EQ(2, pm_trace_get_traceback_limit());
+    EXPECT_EQ(-1, pm_trace_start_sampling(1, 1024));  // another rate: stop first
+    EXPECT_EQ(-1, pm_trace_start(1));
+}
+
+TEST_F(SamplingTest, ReallocMovesOrDropsTheSample) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start_sampling(1, kMean));
+    pm_trace_test_seed_sampler(3);
+    void *p = pm_raw_malloc(size_t{1} << 20);  // certainly sampled
+    EXPECT_EQ(size_t{1} << 20, Current());
+    p = pm_raw_realloc(p, size_t{2} << 20);  // certainly sampled again, at the new size
+    ASSERT_NE(nullptr, p);
+    EXPECT_EQ(size_t{2} << 20, Current());
+    pm_raw_free(p);
+    EXPECT_EQ(0u, Current());
+}
+
+TEST_F(SamplingTest, PymallocsFallBackToRawIsNeverSampledAgain) {
+    GilScope gil;
+    // 1000 bytes go from the object domain to the raw one; at this rate about 40% of the
+    // outer calls are skipped, and their nested raw calls must not be sampled instead.
+    ASSERT_EQ(0, pm_trace_start_sampling(1, 2000));
+    pm_trace_test_seed_sampler(11);
+    std::vector<void *> blocks;
+    size_t traced = 0;
+    for (int i = 0; i < 200; i++) {
+        void *p = pm_obj_malloc(1000);
+        ASSERT_NE(nullptr, p);
+        blocks.push_back(p);
+        pm_trace_frame frame;
+        EXPECT_EQ(-1, pm_trace_get_traceback(PM_DOMAIN_RAW, p, &frame, 1)) << i;
+        if (pm_trace_get_traceback(PM_DOMAIN_OBJ, p, &frame, 1) >= 0) traced++;
+    }
+    // p = 1 - exp(-1/2) = 0.39 of 200: 79 expected, standard deviation 7; 5 of them each way.
+    EXPECT_GT(traced, 44u);
+    EXPECT_LT(traced, 114u);
+    for (void *p : blocks) pm_obj_free(p);
+    EXPECT_EQ(0u, Current());
+}
+
+}  // namespace
