@@ -31,9 +31,10 @@
  *     length and address fingerprint (of pool and owner) as the used pools of that class
  *     found in step 2, and likewise the stashes, so no list ends in a cycle and every pool
  *     is on exactly the list its state and owner call for (full pools on none).
- *  5. Every remote-free list (blocks other threads freed, not yet applied) ends, and holds
- *     only block-aligned blocks inside the carved part of a pool in use; in all, no more
- *     blocks than are counted in use.
+ *  5. Every remote-free list and outbox (blocks other threads freed, not yet applied) ends,
+ *     and holds only block-aligned blocks inside the carved part of a pool in use (an
+ *     outbox as many as it counts, all for one other thread heap); in all, no more blocks
+ *     than are counted in use.
  *
  * Memory. Nothing is allocated: the walk keeps per-class counters on the stack, and a
  * pointer is dereferenced only after it is shown to lie inside memory the walk already
@@ -423,8 +424,8 @@ static void check_stash(heap_walk *walk, const pm_heap *heap) {
 
 /* Blocks freed by other threads and not yet applied: each must be a block of a pool in use
  * (its pool still counts it), and there cannot be more of them than blocks in use. */
-static void check_remote_list(heap_walk *walk, const pm_heap *heap) {
-    const pm_lifo_node *node = pm_atomic_load_ptr_acquire(&heap->remote.head);
+static void check_block_chain(heap_walk *walk, const pm_heap *heap, const pm_lifo_node *node,
+                              const char *list) {
     for (; node != NULL && walk->failure == NULL; node = node->next) {
         const pm_pool *pool = pm_pool_of(node);
         size_t offset = (uintptr_t)node - (uintptr_t)pool;
@@ -432,14 +433,34 @@ static void check_remote_list(heap_walk *walk, const pm_heap *heap) {
             pool->size_class >= PM_NUM_CLASSES || pm_pool_used(pool) == 0 ||
             (offset - PM_POOL_HEADER_SIZE) % pm_class_block_size(pool->size_class) != 0 ||
             offset >= pool->carve_offset) {
-            fail(walk, "heap %p: remote-free list holds %p, which is not a block in use",
-                 (const void *)heap, (const void *)node);
+            fail(walk, "heap %p: its %s holds %p, which is not a block in use",
+                 (const void *)heap, list, (const void *)node);
             return;
         }
         if (++walk->remote_blocks > walk->blocks_in_use) {
             fail(walk, "remote-free lists hold more blocks than the %zu in use (cycle?)",
                  walk->blocks_in_use);
         }
+    }
+}
+
+static void check_remote_list(heap_walk *walk, const pm_heap *heap) {
+    check_block_chain(walk, heap, pm_atomic_load_ptr_acquire(&heap->remote.head),
+                      "remote-free list");
+}
+
+/* Remote frees the heap's thread has not handed over yet: a chain of outbox_count blocks,
+ * all for outbox_to, which is another thread heap. */
+static void check_outbox(heap_walk *walk, const pm_heap *heap) {
+    uint32_t count = 0;
+    size_t before = walk->remote_blocks;
+    check_block_chain(walk, heap, heap->outbox_first, "outbox");
+    count = (uint32_t)(walk->remote_blocks - before);
+    if (walk->failure != NULL) return;
+    if (count != heap->outbox_count || (count > 0) != (heap->outbox_to != NULL) ||
+        (count > 0 && !is_thread_heap(heap->outbox_to))) {
+        fail(walk, "heap %p: outbox of %u blocks (counted %u) for heap %p", (const void *)heap,
+             count, heap->outbox_count, (const void *)heap->outbox_to);
     }
 }
 
@@ -450,6 +471,7 @@ static void check_heap(pm_heap *heap, void *arg) {
     }
     if (walk->failure == NULL && heap->kind == PM_HEAP_THREAD) check_stash(walk, heap);
     if (walk->failure == NULL) check_remote_list(walk, heap);
+    if (walk->failure == NULL && heap->kind == PM_HEAP_THREAD) check_outbox(walk, heap);
 }
 
 static void compare_census(heap_walk *walk, const census *found, const census *listed,

@@ -227,7 +227,18 @@ void pm_pymalloc_free_other_heap(pm_pool *pool, void *p) {
     if (owner == &pm_shared_heap || !pm_atomic_load_int_acquire(&owner->attached)) {
         pm_thread_cache_free_to_shared(owner, p);
     } else {
-        pm_lifo_push(&owner->remote, (pm_lifo_node *)p);
+        /* Batched: the chain goes to the owner in one CAS (pm_outbox_flush). */
+        pm_lifo_node *node = (pm_lifo_node *)p;
+        if (own->outbox_to != owner) {
+            if (own->outbox_to != NULL) pm_outbox_flush(own);
+            own->outbox_to = owner;
+            own->outbox_last = node;
+            node->next = NULL;
+        } else {
+            node->next = own->outbox_first;
+        }
+        own->outbox_first = node;
+        if (++own->outbox_count >= PM_OUTBOX_BLOCKS) pm_outbox_flush(own);
     }
     uint64_t *sent = &own->counters.remote_frees;
     pm_atomic_store_u64_relaxed(sent, pm_atomic_load_u64_relaxed(sent) + 1);

@@ -18,8 +18,11 @@
  *
  * Lock order is registry before pool; debug builds check it on every acquisition.
  *
- * Remote frees. A block freed by a thread that does not own its pool is pushed onto the
- * owner heap's `remote` list (sync/lifo.h: one CAS, no lock). The owner takes the whole
+ * Remote frees. A block freed by a thread that does not own its pool goes onto the owner
+ * heap's `remote` list (sync/lifo.h: no lock), batched: the freeing thread links such
+ * blocks into a chain for one owner (its outbox) and pushes the chain with one CAS when it
+ * holds PM_OUTBOX_BLOCKS, when a block for another owner comes, or when the freeing thread
+ * refills, collects or detaches. The owner takes the whole
  * list with one exchange when its malloc finds a class empty, and applies each block as a
  * local free. A pool's owner may change while a block is in flight to the old one (the
  * owner gave the pool to the shared heap, or exited); the drain then forwards the block to
@@ -158,7 +161,7 @@ void pm_heap_walk_unlock(void) PM_NO_THREAD_SAFETY_ANALYSIS {
 /* ---- the registry -------------------------------------------------------------------- */
 
 pm_heap *pm_thread_heaps_registry; /* push-front, published with release; never shrinks */
-static size_t attached_threads;          /* under the registry lock; read relaxed */
+static size_t attached_threads; /* written under the registry lock; read without it */
 static bool threading_frozen;            /* a thread has attached: pm_init may not run */
 static bool route_installed[PM_DOMAIN_COUNT] = {false, true, true}; /* pymalloc in d? */
 static pthread_key_t heap_key;
@@ -226,7 +229,7 @@ pm_heap *pm_thread_attach(void) {
     pm_pool_lock(); /* claim_for_shared reads `attached` under it */
     pm_atomic_store_int_release(&heap->attached, 1);
     pm_pool_unlock();
-    attached_threads++;
+    pm_atomic_store_size_relaxed(&attached_threads, attached_threads + 1);
     pm_heap *own = pm_threading.caches ? heap : &pm_main_heap;
     pm_thread_heaps[PM_ROUTE_PYMALLOC] = own;
     pm_atomic_store_ptr_relaxed(&pm_thread_heaps[PM_DOMAIN_MEM], route_target(own, PM_DOMAIN_MEM));
@@ -347,6 +350,14 @@ static void drain_unowned_lists(void) {
 
 /* ---- a thread heap's own slow paths (no lock held on entry) -------------------------- */
 
+void pm_outbox_flush(pm_heap *heap) {
+    if (heap->outbox_to == NULL) return;
+    pm_lifo_push_chain(&heap->outbox_to->remote, heap->outbox_first, heap->outbox_last);
+    heap->outbox_to = NULL;
+    heap->outbox_first = heap->outbox_last = NULL;
+    heap->outbox_count = 0;
+}
+
 static void drain_own(pm_heap *heap) {
     pm_lifo_node *node = pm_lifo_pop_all(&heap->remote);
     uint64_t applied = 0;
@@ -395,6 +406,9 @@ static pm_pool *stash_take(pm_heap *heap, unsigned size_class) {
 }
 
 void *pm_thread_cache_refill(pm_heap *heap, unsigned size_class) {
+    /* A good moment to hand over this thread's remote frees too: it is on a slow path
+     * already, and the blocks are not reusable until their owners get them. */
+    pm_outbox_flush(heap);
     if (!pm_lifo_is_empty(&heap->remote)) {
         drain_own(heap);
         pm_pool *pool = heap->used[size_class];
@@ -439,6 +453,7 @@ void pm_collect(void) {
     if (!pm_threading.caches) return;
     pm_heap *own = pm_own_heap();
     bool attached = own != &pm_unattached_heap;
+    if (attached) pm_outbox_flush(own);
     if (attached && !pm_lifo_is_empty(&own->remote)) drain_own(own);
     pm_pool_lock();
     drain_unowned_lists();
@@ -478,14 +493,17 @@ static void reset_routes(void) {
 
 /* Runs in the heap's own thread (its key destructor, or pm_thread_detach). */
 static void detach(pm_heap *heap) {
-    if (pm_threading.caches) drain_own(heap);
+    if (pm_threading.caches) {
+        pm_outbox_flush(heap);
+        drain_own(heap);
+    }
     registry_lock();
     pm_pool_lock();
     if (pm_threading.caches) give_back_all(heap);
     pm_atomic_store_int_release(&heap->attached, 0);
     pm_pool_unlock();
     heap->slots = NULL;
-    attached_threads--;
+    pm_atomic_store_size_relaxed(&attached_threads, attached_threads - 1);
     reset_routes();
     registry_unlock();
 }
@@ -569,20 +587,25 @@ static void fork_child(void) PM_NO_THREAD_SAFETY_ANALYSIS {
     held_ranks = 0;
 #endif
     pm_heap *mine = pthread_getspecific(heap_key);
-    attached_threads = 0;
+    size_t survivors = 0;
     for (pm_heap *h = pm_thread_heaps_registry; h != NULL; h = h->registry_next) {
         if (h == mine || !heap_attached(h)) {
-            if (h == mine) attached_threads++;
+            if (h == mine) survivors++;
             continue;
         }
-        /* A thread of the parent: its lists may be torn, so forget them. */
+        /* A thread of the parent: its lists may be torn, so forget them. (Blocks in its
+         * outbox stay counted in their pools: lost to the child, never double-counted.) */
         for (unsigned c = 0; c < PM_NUM_CLASSES; c++) h->used[c] = &pm_no_pool;
+        h->outbox_to = NULL;
+        h->outbox_first = h->outbox_last = NULL;
+        h->outbox_count = 0;
         h->stash = NULL;
         h->stash_count = 0;
         memset(h->stash_per_class, 0, sizeof h->stash_per_class);
         h->slots = NULL;
         pm_atomic_store_int_release(&h->attached, 0);
     }
+    pm_atomic_store_size_relaxed(&attached_threads, survivors);
     pm_arena_for_each(reclaim_pool_of_vanished_thread, NULL);
     drain_unowned_lists();
 }
