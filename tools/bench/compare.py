@@ -663,6 +663,16 @@ def main():
         targets.append(f"| pair64 instructions per pair ≤ 40, {PYMALLOC_MT.label} | {ir:.1f} "
                        f"(CPython {fmt(instructions.get(('pair64', CPYTHON.label)))}) | "
                        f"{verdict(ir <= 40)} |")
+    ft_ir = instructions.get(("pair64", PYMALLOC_MT_FT.label))
+    if ft_ir is not None and ("pair64", PYMALLOC_MT.label) in instructions:
+        gil_ir = instructions[("pair64", PYMALLOC_MT.label)]
+        peers = [instructions.get(("pair64", r.label)) for r in PEER_ROWS
+                 if r.key in ("mimalloc", "jemalloc", "tcmalloc")]
+        peers = [p for p in peers if p is not None]
+        targets.append(f"| pair64 instructions, free-threaded ≤ 1.25× GIL mode and fewer than "
+                       f"mimalloc, jemalloc, tcmalloc | {ft_ir:.1f} (GIL {gil_ir:.1f}, peers "
+                       f"{', '.join(f'{p:.1f}' for p in peers) or '—'}) | "
+                       f"{verdict(ft_ir <= 1.25 * gil_ir and all(ft_ir < p for p in peers))} |")
     pm_rss32 = row_label(KERNEL_BY_NAME["rss32"], PYMALLOC_MT)
     live_pm = med("rss32", pm_rss32, "rss_live_kib")
     live_cp = med("rss32", CPYTHON.label, "rss_live_kib")
@@ -677,7 +687,9 @@ def main():
     # Issue 6 (per-thread caches): the free-threaded row is the one these are written for.
     tc = next((r for r in PEER_ROWS if r.key == "tcmalloc"), None)
     mi = next((r for r in PEER_ROWS if r.key == "mimalloc"), None)
-    for row in [r for r in BASE_ROWS if r.targets and r.key in selected]:
+    # GIL mode cannot scale by design (one thread at a time), so these are judged on the
+    # free-threaded row only; the GIL rows' figures stay in the tables above.
+    for row in [r for r in BASE_ROWS if r.key == PYMALLOC_MT_FT.key and r.key in selected]:
         d = derived.get(row.label, {})
         if d.get("scaling") is not None:
             targets.append(f"| mt_churn 2-thread throughput ≥ 1.8× 1-thread, {row.label} | "
