@@ -14,6 +14,8 @@
  *   free of the last block    unlink the pool and give it back to its arena
  *   0 or > 512 bytes          the raw domain, through its current allocator
  *   arena allocator fails     NULL; nothing was changed
+ *   block of another heap     onto that heap's remote list, batched (alloc/thread_cache.c)
+ *   thread heap runs dry      its remote frees, stash, the shared pools, then the arenas
  *
  * Carving. A pool's blocks are linked lazily: when its free list runs dry, the blocks that
  * start in the same OS page as the next uncarved block are linked in address order. That

@@ -468,6 +468,19 @@ TEST_F(ThreadCacheTest, ProducerAndConsumerOnDifferentThreads) {
     consumer.join();
 }
 
+#ifndef NDEBUG
+// Debug builds check the lock order on every acquisition: registry, then pool.
+TEST(ThreadCacheDeathTest, TakingTheRegistryLockUnderThePoolLockIsFatal) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_DEATH(
+        {
+            pm_pool_lock();
+            pm_heap_walk_lock();  // registry, then pool: the wrong way round here
+        },
+        "registry lock: lock order violated \\(registry, then pool; never recursive\\)");
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char **argv) {
