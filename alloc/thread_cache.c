@@ -306,10 +306,6 @@ static void forward(pm_heap *owner, pm_lifo_node *node) {
     pm_lifo_push(&owner->remote, node);
 }
 
-void pm_shared_free_block(pm_pool *pool, pm_block *block) {
-    pm_pool_free_block(pool, block);
-}
-
 /* Takes `heap`'s remote list (a detached heap's, or the shared heap's) and applies each
  * block whose pool the shared heap owns; anything else is forwarded to its pool's owner. */
 static void drain_as_shared(pm_heap *heap) {
@@ -320,7 +316,7 @@ static void drain_as_shared(pm_heap *heap) {
         pm_pool *pool = pm_pool_of(node);
         pm_heap *owner = claim_for_shared(pool);
         if (owner == &pm_shared_heap) {
-            pm_shared_free_block(pool, (pm_block *)node);
+            pm_pool_free_block(pool, (pm_block *)node); /* the pool lock stands in for an owner */
             applied++;
         } else {
             forward(owner, node);

@@ -471,8 +471,6 @@ void *pm_thread_cache_refill(pm_heap *heap, unsigned size_class);
 /* A pool of a thread heap (or of the shared heap, pool lock held) became empty and is off
  * every list: into the stash, or back to its arena. */
 void pm_thread_cache_pool_empty(pm_heap *heap, pm_pool *pool);
-/* Frees a block of a shared-heap pool, under the pool lock. */
-void pm_shared_free_block(pm_pool *pool, pm_block *block);
 /* A free into a pool no attached thread owns (the shared heap's, or a detached heap's full
  * pool), by any thread: onto `owner`'s remote list, applied at once if the pool lock is
  * free. */
