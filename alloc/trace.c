@@ -430,7 +430,7 @@ static inline size_t shard_probe(const trace_shard *s, uintptr_t ptr, uint64_t h
     }
 }
 
-static ptrdiff_t shard_find(const trace_shard *s, uintptr_t ptr, uint64_t h, unsigned domain)
+static inline ptrdiff_t shard_find(const trace_shard *s, uintptr_t ptr, uint64_t h, unsigned domain)
     PM_REQUIRES(s->lock) {
     if (s->slots == NULL) return -1;
     bool found;
@@ -468,7 +468,7 @@ static int shard_reserve(trace_shard *s) PM_REQUIRES(s->lock) {
 
 /* Removes slot i, whose pointer hashes to h, shifting later members of its probe run back
  * (no tombstones). */
-static void shard_remove_at(trace_shard *s, size_t i, uint64_t h) PM_REQUIRES(s->lock) {
+static inline void shard_remove_at(trace_shard *s, size_t i, uint64_t h) PM_REQUIRES(s->lock) {
     trace_slot *slots = s->slots;
     size_t mask = s->mask;
     size_t gone_size = slots[i].size;
