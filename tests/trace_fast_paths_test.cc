@@ -21,16 +21,7 @@ namespace {
 using trace_test::Current;
 using trace_test::Frame;
 
-class TraceFastPathsTest : public ::testing::Test {
-  protected:
-    void SetUp() override {
-        ASSERT_EQ(0, pm_trace_set_frame_provider(trace_test::ProvideFrames, nullptr));
-    }
-    void TearDown() override {
-        pm_trace_stop();
-        ASSERT_EQ(0, pm_trace_set_frame_provider(nullptr, nullptr));
-    }
-};
+using TraceFastPathsTest = trace_test::ProvidedFramesTest;
 
 // Two file names (string literals outlive every trace) and a line per call site.
 const char *SiteFile(size_t site) { return site % 2 ? "odd.py" : "even.py"; }

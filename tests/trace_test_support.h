@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "alloc/pymalloc_mt.h"
+#include "gtest/gtest.h"
 
 namespace trace_test {
 
@@ -33,6 +34,16 @@ class Frame {
     ~Frame() { Stack().pop_back(); }
     Frame(const Frame &) = delete;
     Frame &operator=(const Frame &) = delete;
+};
+
+// A fixture whose tests trace with ProvideFrames installed; tracing is stopped after each.
+class ProvidedFramesTest : public ::testing::Test {
+  protected:
+    void SetUp() override { ASSERT_EQ(0, pm_trace_set_frame_provider(ProvideFrames, nullptr)); }
+    void TearDown() override {
+        pm_trace_stop();
+        ASSERT_EQ(0, pm_trace_set_frame_provider(nullptr, nullptr));
+    }
 };
 
 inline size_t Current() {

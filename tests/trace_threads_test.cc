@@ -36,16 +36,7 @@ constexpr int kScale = 4;  // TSan is slow: smaller loops, the same interleaving
 constexpr int kScale = 1;
 #endif
 
-class TraceThreadsTest : public ::testing::Test {
-  protected:
-    void SetUp() override {
-        ASSERT_EQ(0, pm_trace_set_frame_provider(trace_test::ProvideFrames, nullptr));
-    }
-    void TearDown() override {
-        pm_trace_stop();
-        ASSERT_EQ(0, pm_trace_set_frame_provider(nullptr, nullptr));
-    }
-};
+using TraceThreadsTest = trace_test::ProvidedFramesTest;
 
 struct Block {
     void *p;
