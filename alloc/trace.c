@@ -10,37 +10,47 @@
  * call is traced. Hook contexts {domain, wrapped allocator} are interned and never freed
  * (domain.c's rule: a caller may still be inside a hook long after it was replaced).
  * Stop restores a domain only if the hook is still on top; a buried hook stays and passes
- * through.
+ * through. A hook's common case (nested; or skipped by sampling and unable to reach
+ * another domain) is a tail call with no stack frame; the rest is in noinline functions.
  *
  * Tables. Traces live in 64 shards chosen by a multiplicative hash of the pointer:
  *
  *   shard[h >> 58] { spinlock | slots: open addressing, linear probing, backward-shift
- *                    delete | used | current bytes }
+ *                    delete, home = the next bits of h | used | current bytes }
  *   slot { ptr, size (top bit: sampled), traceback* }            24 bytes
  *
  * The domain is part of the interned traceback, so a slot is 24 bytes; at the 3/4 maximum
- * load and doubling, a table averages about 56% full: ~43 bytes of table per trace.
- * Tracebacks are interned in 16 shards by frame hash (same slot scheme, frames in 64 KiB
- * bump chunks); a thread keeps a copy of its last short traceback, so a repeated call
- * site skips that lock. A 1-frame traceback is 32 bytes, shared by every block from its
- * call site.
+ * load and doubling, a table averages about 56% full: ~43 bytes of table per trace. The
+ * table is far bigger than a core's cache, so each insert and remove misses: both first
+ * prefetch the home slot, before the lock (see prefetch_home). Tracebacks are interned in
+ * 16 shards by frame hash (same slot scheme, frames in 64 KiB bump chunks). Each thread
+ * keeps a 2-way cache of the tracebacks of up to 2 frames it interned recently, with
+ * copies of their frames (tb_cache_entry), so a call site seen again skips that lock. A
+ * 1-frame traceback is 32 bytes, shared by every block from its call site.
  *
  * Fork. A child goes on tracing from empty tables, with every lock free (see fork_child).
  *
  * Locking. No GIL anywhere (CPython's raw hook takes it, which has deadlocked programs):
  * a traced allocation takes its traceback shard's lock (unless the thread cache hits) and
- * its trace shard's lock, each alone, never nested; a free takes its trace shard's lock
- * only if a 2 KiB filter (one bit per bucket of addresses: "some trace here") says the
- * pointer may be traced; the bits live in L1, the counts behind them (64 KiB) are only
- * touched by traced blocks. A shard owns its buckets' bits and counts. Start, stop,
+ * its trace shard's lock, each alone, never nested. A free while tracing everything takes
+ * its trace shard's lock (nearly every block is traced then); while sampling, only if a
+ * 2 KiB filter (one bit per bucket of addresses: "some trace here") says the pointer may
+ * be traced: the bits live in L1, the counts behind them (64 KiB) are only touched by
+ * traced blocks. A shard owns its buckets' bits and counts, and keeps them only for
+ * traces stored by a sampling session (trace_shard.filtered). Start, stop,
  * clear and snapshots take a control mutex; no allocation path does. Tracer memory comes
  * from mmap (pm_trace_mem_alloc), never from a traced domain, and no lock is held across
  * a call into the wrapped allocator or a frame provider.
  *
  * Sessions. active_session is 0 when not tracing, else a number that start and clear
- * renew. A hook reads it on entry and inserts only if it is unchanged, checked under the
- * shard lock; stop and clear zero it before emptying the shards (under each lock) and
- * only then free the tracebacks, so a trace whose traceback was freed is never stored.
+ * renew, whose low bit says whether the session samples (keeps the filter). A hook reads
+ * it on entry and inserts only if it is unchanged, checked under the shard lock; stop and
+ * clear zero it before emptying the shards (under each lock) and only then free the
+ * tracebacks, so a trace whose traceback was freed is never stored, and a thread's cached
+ * traceback is used only in the session it was interned for. A free that reads a
+ * sampling session and finds no filter bit skips the lookup: a trace stored before that
+ * session was emptied with its session, and one stored in it set its bit under the
+ * shard lock before the block was handed out.
  *
  * Counters. Each shard keeps its traced bytes under its lock, so current (their sum) is
  * exact when threads are quiet. Peak: each thread counts how far its own traced bytes
@@ -327,7 +337,8 @@ static inline size_t home_slot(uint64_t h, size_t mask) {
 }
 
 /* shard_index(h) * FILTER_PER_SHARD + the next 8 bits of h: so a shard owns its buckets. */
-_Static_assert(TRACE_SHARDS == 64 && FILTER_PER_SHARD == 256, "filter_bucket takes h's top 14 bits");
+_Static_assert(TRACE_SHARDS == 64 && FILTER_PER_SHARD == 256,
+               "filter_bucket takes h's top 14 bits");
 static inline size_t filter_bucket(uint64_t h) {
     return (size_t)(h >> 50);
 }
@@ -474,9 +485,9 @@ static inline void shard_remove_at(trace_shard *s, size_t i, uint64_t h) PM_REQU
     size_t gone_size = slots[i].size;
     for (size_t j = (i + 1) & mask; slots[j].ptr != 0; j = (j + 1) & mask) {
         size_t home = home_slot(ptr_hash(slots[j].ptr), mask);
-        /* Slot j may move to i if its home is not in (i, j] (cyclically). */
-        bool home_between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
-        if (!home_between) {
+        /* Slot j may move back to i if its home is not in (i, j] (cyclically): j is at
+         * least as far from its home as from i. */
+        if (((j - home) & mask) >= ((j - i) & mask)) {
             slots[i] = slots[j];
             i = j;
         }
@@ -490,8 +501,10 @@ static inline void shard_remove_at(trace_shard *s, size_t i, uint64_t h) PM_REQU
 /* Stores (ptr -> size, tb) if the session is still `session`; h is ptr_hash(ptr). Returns
  * 0 (stored, or not tracing that session any more) or -1 when no memory is left (nothing
  * changed). */
-static inline int trace_insert(uintptr_t ptr, uint64_t h, size_t size_field, const pm_trace_tb *tb,
-                        size_t session) {
+__attribute__((always_inline)) static inline int trace_insert(uintptr_t ptr, uint64_t h,
+                                                              size_t size_field,
+                                                              const pm_trace_tb *tb,
+                                                              size_t session) {
     trace_shard *s = &trace_shards[shard_index(h)];
     size_t bytes = accounted(size_field);
     pm_spinlock_lock(&s->lock);
@@ -528,7 +541,8 @@ static inline int trace_insert(uintptr_t ptr, uint64_t h, size_t size_field, con
 
 /* Takes the trace of (domain, ptr) out; h is ptr_hash(ptr). Copies it to *out if asked.
  * Returns whether there was one. */
-static inline bool trace_remove(unsigned domain, uintptr_t ptr, uint64_t h, trace_slot *out) {
+__attribute__((always_inline)) static inline bool trace_remove(unsigned domain, uintptr_t ptr,
+                                                               uint64_t h, trace_slot *out) {
     trace_shard *s = &trace_shards[shard_index(h)];
     pm_spinlock_lock(&s->lock);
     ptrdiff_t found = shard_find(s, ptr, h, domain);
@@ -973,8 +987,8 @@ __attribute__((noinline)) static void *traced_realloc(const hook_ctx *h, void *p
     tls.removed_ptr = 0;
     if (q == NULL) {
         /* The old block is intact: so is its trace. The slot it left may be gone. */
-        if (had_old &&
-            trace_insert((uintptr_t)ptr, ptr_hash((uintptr_t)ptr), old.size, old.tb, session) != 0) {
+        uint64_t hash = ptr_hash((uintptr_t)ptr);
+        if (had_old && trace_insert((uintptr_t)ptr, hash, old.size, old.tb, session) != 0) {
             pm_atomic_faa_size(&lost_traces, 1);
         }
     } else if (sampled && session != 0) {

@@ -35,7 +35,7 @@ TEST_F(TraceFastPathsTest, InterleavedCallSitesEachKeepTheirOwnTraceback) {
     std::vector<void *> blocks;
     for (int pass = 0; pass < 2; pass++) {
         for (size_t i = 0; i < kSites; i++) {
-            size_t site = (i * 7919) % kSites;  // a permutation: 7919 is prime, kSites is not its multiple
+            size_t site = (i * 7919) % kSites;  // a permutation: 7919 is a prime, coprime to kSites
             Frame outer("main.py", 1 + site % 3);
             Frame inner(SiteFile(site), site);
             void *p = pm_obj_malloc(16 + site % 64);
