@@ -38,6 +38,8 @@
  *
  * Descriptors live apart from arenas, in mmap'd slabs that are never freed, so a pool's
  * `arena` pointer and a reader's view of a descriptor stay valid after the arena is gone.
+ * Each descriptor holds its arena's pool headers (alloc/internal/pymalloc.h says why they
+ * are not in the pools); the map entry of a chunk leads from a block to its header.
  */
 #include <errno.h>
 #include <string.h>
@@ -117,11 +119,41 @@ enum { DESCRIPTOR_SLAB_BYTES = 64 * 1024 };
 static pm_arena *unused_descriptors;  /* linked through next */
 static pm_arena *all_descriptors;     /* linked through all_next; never shrinks */
 
+enum { DESCRIPTORS_PER_SLAB = DESCRIPTOR_SLAB_BYTES / sizeof(pm_arena) };
+static_assert(DESCRIPTORS_PER_SLAB >= 1, "a slab holds a descriptor");
+
+/* Every slab, so that a pointer can be shown to be a pool header without reading it
+ * (pm_arena_of_header). The table grows by doubling in mmap'd memory; slabs are few (one
+ * per ~14 MiB of arenas in the default geometry). Like the descriptors, it is written and
+ * read under the pool lock (the GIL in GIL mode). */
+static pm_arena **slabs;
+static size_t slab_count, slab_capacity;
+
+static bool slab_register(pm_arena *slab) {
+    if (slab_count == slab_capacity) {
+        size_t capacity = slab_capacity == 0 ? PM_OS_PAGE_SIZE / sizeof *slabs : 2 * slab_capacity;
+        pm_arena **grown = map_anonymous(capacity * sizeof *slabs);
+        if (grown == NULL) return false;
+        if (slab_count != 0) {
+            memcpy(grown, slabs, slab_count * sizeof *slabs);
+            munmap(slabs, slab_capacity * sizeof *slabs);
+        }
+        slabs = grown;
+        slab_capacity = capacity;
+    }
+    slabs[slab_count++] = slab;
+    return true;
+}
+
 static pm_arena *descriptor_get(void) {
     if (unused_descriptors == NULL) {
         pm_arena *slab = map_anonymous(DESCRIPTOR_SLAB_BYTES);
         if (slab == NULL) return NULL;
-        size_t count = DESCRIPTOR_SLAB_BYTES / sizeof(pm_arena);
+        if (!slab_register(slab)) {
+            munmap(slab, DESCRIPTOR_SLAB_BYTES);
+            return NULL;
+        }
+        size_t count = DESCRIPTORS_PER_SLAB;
         for (size_t i = 0; i < count; i++) {
             slab[i].next = unused_descriptors;
             unused_descriptors = &slab[i];
@@ -157,11 +189,25 @@ static pm_map_entry *map_entry(uintptr_t address, bool create) {
     return &leaf->chunk[key & (PM_MAP_LEAF_LENGTH - 1)];
 }
 
-/* Marks [lo, hi) ours (mark) or no longer ours (!mark). hi - lo <= PM_ARENA_SIZE, so the
- * range touches at most two chunks: the one lo is in and, if lo is not at a chunk start,
- * the next one. Returns false only when mark needs a leaf and none can be mapped (or the
- * range lies above the 48-bit address space); nothing is changed then. */
-static bool map_update(uintptr_t lo, uintptr_t hi, bool mark) {
+/* One part of a chunk's entry: headers first when marking, bound first when unmarking. */
+static void map_set_part(uintptr_t *bound, uintptr_t *headers, uintptr_t bound_value,
+                         uintptr_t headers_value) {
+    if (bound_value != 0) {
+        pm_atomic_store_size_relaxed(headers, headers_value);
+        pm_atomic_store_size_release(bound, bound_value);
+    } else {
+        pm_atomic_store_size_relaxed(bound, 0);
+        pm_atomic_store_size_relaxed(headers, 0);
+    }
+}
+
+/* Marks [lo, hi), the pools of `arena`, ours (mark) or no longer ours (!mark). hi - lo <=
+ * PM_ARENA_SIZE, so the range touches at most two chunks: the one lo is in and, if lo is not
+ * at a chunk start, the next one. Returns false only when mark needs a leaf and none can be
+ * mapped (or the range lies above the 48-bit address space); nothing is changed then.
+ * Marking writes a part's headers before its bound, unmarking clears the bound first: a
+ * reader that sees the bound always sees the right headers. */
+static bool map_update(const pm_arena *arena, uintptr_t lo, uintptr_t hi, bool mark) {
     uintptr_t chunk_base = lo & ~(uintptr_t)(PM_ARENA_SIZE - 1);
     uintptr_t next_base = chunk_base + PM_ARENA_SIZE;
     pm_map_entry *first = map_entry(lo, mark);
@@ -171,17 +217,18 @@ static bool map_update(uintptr_t lo, uintptr_t hi, bool mark) {
         if (second == NULL && mark) return false;
     }
     if (first == NULL) return !mark;
+    uintptr_t headers = mark ? pm_map_headers_bias(arena) : 0;
     if (lo == chunk_base) {
-        pm_atomic_store_size_relaxed(&first->low_end, mark ? hi : 0);
+        map_set_part(&first->low_end, &first->low_headers, mark ? hi : 0, headers);
     } else {
-        pm_atomic_store_size_relaxed(&first->high_start_inverted, mark ? ~lo : 0);
-        if (second != NULL) pm_atomic_store_size_relaxed(&second->low_end, mark ? hi : 0);
+        map_set_part(&first->high_start_inverted, &first->high_headers, mark ? ~lo : 0, headers);
+        if (second != NULL) map_set_part(&second->low_end, &second->low_headers, mark ? hi : 0, headers);
     }
     return true;
 }
 
 static uintptr_t arena_pools_end(const pm_arena *arena) {
-    return (uintptr_t)arena->first_pool + (uintptr_t)arena->total_pools * PM_POOL_SIZE;
+    return arena->pools_start + (uintptr_t)arena->total_pools * PM_POOL_SIZE;
 }
 
 /* ---- buckets and reserve ------------------------------------------------------------- */
@@ -247,16 +294,29 @@ static pm_arena *new_arena(void) {
     uintptr_t address = (uintptr_t)memory;
     uintptr_t first = (address + PM_POOL_MASK) & ~(uintptr_t)PM_POOL_MASK;
     uint32_t total = (uint32_t)((address + PM_ARENA_SIZE - first) / PM_POOL_SIZE);
-    if (!map_update(first, first + (uintptr_t)total * PM_POOL_SIZE, true)) {
+    arena->pools_start = first;
+    arena->total_pools = total;
+    if (!map_update(arena, first, first + (uintptr_t)total * PM_POOL_SIZE, true)) {
         allocator.free(allocator.ctx, memory, PM_ARENA_SIZE);
         descriptor_put(arena);
         return NULL;
     }
+    /* A reused descriptor still holds the headers of the arena it described before: none
+     * of them may claim a block of this one. */
+    for (uint32_t i = 0; i < total; i++) {
+        pm_pool *pool = &arena->pools[i];
+        pool->free = NULL;
+        pool->used_state = 0;
+        pool->carve_offset = 0;
+        pool->size_class = PM_NO_CLASS;
+        pm_pool_set_owner(pool, NULL);
+        pool->next = pool->prev = NULL;
+        pool->arena = arena;
+        pool->memory = first + (uintptr_t)i * PM_POOL_SIZE;
+    }
     arena->address = address;
     arena->allocator = allocator;
-    arena->first_pool = (pm_pool *)first;
     arena->free_pools = NULL;
-    arena->total_pools = total;
     arena->carved_pools = 0;
     arena->free_count = total;
     arena->in_reserve = 0;
@@ -271,7 +331,7 @@ static pm_arena *new_arena(void) {
 
 static void release_arena(pm_arena *arena) {
     /* Unmark first: once the memory is gone the OS may give the range to anyone. */
-    map_update((uintptr_t)arena->first_pool, arena_pools_end(arena), false);
+    map_update(arena, arena->pools_start, arena_pools_end(arena), false);
     arena->allocator.free(arena->allocator.ctx, (void *)arena->address, PM_ARENA_SIZE);
     pm_counters.arenas_reclaimed++;
     pm_counters.arenas_current--;
@@ -312,6 +372,10 @@ size_t pm_get_arena_reserve(void) {
     return limit;
 }
 
+size_t pm_arena_descriptor_bytes(void) {
+    return slab_count * DESCRIPTOR_SLAB_BYTES + slab_capacity * sizeof *slabs;
+}
+
 size_t pm_arena_reserve_count(void) {
     return reserve_count;
 }
@@ -332,15 +396,8 @@ pm_pool *pm_arena_take_pool(void) {
     if (pool != NULL) {
         arena->free_pools = pool->next;
     } else {
-        /* Never carved: only the header is written, the blocks stay untouched. */
-        pool = (pm_pool *)((uintptr_t)arena->first_pool + (size_t)arena->carved_pools * PM_POOL_SIZE);
-        arena->carved_pools++;
-        pool->arena = arena;
-        pm_pool_set_owner(pool, NULL);
-        pool->free = NULL;
-        pool->used_state = 0;
-        pool->carve_offset = (uint16_t)PM_POOL_HEADER_SIZE;
-        pool->size_class = PM_NO_CLASS;
+        /* Never carved: its header is ready (new_arena); its memory stays untouched. */
+        pool = &arena->pools[arena->carved_pools++];
     }
     pool->next = pool->prev = NULL;
     set_free_count(arena, arena->free_count - 1);
@@ -367,6 +424,23 @@ void pm_arena_for_each(void (*fn)(const pm_arena *arena, void *arg), void *arg) 
     }
 }
 
+bool pm_arena_has_header(const pm_arena *arena, const pm_pool *pool, uint32_t count) {
+    uintptr_t at = (uintptr_t)pool, first = (uintptr_t)arena->pools;
+    return at >= first && at < first + (uintptr_t)count * sizeof(pm_pool) &&
+           (at - first) % sizeof(pm_pool) == 0;
+}
+
+const pm_arena *pm_arena_of_header(const pm_pool *pool) {
+    uintptr_t at = (uintptr_t)pool;
+    for (size_t i = 0; i < slab_count; i++) {
+        uintptr_t first = (uintptr_t)slabs[i];
+        if (at < first || at >= first + DESCRIPTORS_PER_SLAB * sizeof(pm_arena)) continue;
+        const pm_arena *a = &slabs[i][(at - first) / sizeof(pm_arena)];
+        return a->address != 0 && pm_arena_has_header(a, pool, a->carved_pools) ? a : NULL;
+    }
+    return NULL;
+}
+
 #define FAIL(...) (snprintf(buf, size, __VA_ARGS__), buf)
 
 static const char *check_one_arena(const pm_arena *a, char *buf, size_t size) {
@@ -376,10 +450,9 @@ static const char *check_one_arena(const pm_arena *a, char *buf, size_t size) {
     }
     uint32_t listed = 0;
     for (const pm_pool *p = a->free_pools; p != NULL; p = p->next) {
-        uintptr_t at = (uintptr_t)p;
-        if (at < (uintptr_t)a->first_pool || at >= arena_pools_end(a) || (at & PM_POOL_MASK) != 0) {
-            return FAIL("arena %p: free pool %p is not one of its pools", (void *)a->address,
-                        (const void *)p);
+        if (!pm_arena_has_header(a, p, a->carved_pools)) {
+            return FAIL("arena %p: free pool %p is not one of its carved pools",
+                        (void *)a->address, (const void *)p);
         }
         if (p->used_state != 0 || p->arena != a) {
             return FAIL("arena %p: free pool %p has used state %#x", (void *)a->address,
@@ -394,9 +467,10 @@ static const char *check_one_arena(const pm_arena *a, char *buf, size_t size) {
         return FAIL("arena %p: free count %u but %u listed + %u never carved", (void *)a->address,
                     a->free_count, listed, a->total_pools - a->carved_pools);
     }
-    uintptr_t lo = (uintptr_t)a->first_pool, hi = arena_pools_end(a);
-    if (!pm_pymalloc_owns((void *)lo) || !pm_pymalloc_owns((void *)(hi - 1))) {
-        return FAIL("arena %p: the arena map does not cover its pools [%p, %p)",
+    uintptr_t lo = a->pools_start, hi = arena_pools_end(a);
+    if (pm_pool_of((void *)lo) != &a->pools[0] ||
+        pm_pool_of((void *)(hi - 1)) != &a->pools[a->total_pools - 1]) {
+        return FAIL("arena %p: the arena map does not lead to its pools [%p, %p)",
                     (void *)a->address, (void *)lo, (void *)hi);
     }
     return NULL;

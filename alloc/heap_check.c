@@ -4,13 +4,13 @@
  * What it proves, in this order (the first violation found is reported):
  *
  *  1. The arena layer is consistent: pm_arena_check() (lists, buckets, reserve, map), and
- *     each arena's geometry (first_pool is the first pool-aligned address, total_pools is
- *     what fits).
+ *     each arena's geometry (pools_start is the first pool-aligned address, total_pools is
+ *     what fits, header i describes pool i's memory).
  *  2. Every carved pool of every arena in use, one at a time:
  *       pool->arena is the arena;
  *       size_class < PM_NUM_CLASSES, or PM_NO_CLASS for a pool never used (then nothing is
  *         carved, nothing is free, nothing is in use);
- *       used <= capacity; carve_offset = header + k x block size with k <= capacity;
+ *       used <= capacity; carve_offset = k x block size with k <= capacity;
  *       every free-list block lies in the pool's carved part, on a block boundary;
  *       the free list ends within k steps (so it has no cycle, and no duplicate: a
  *         singly linked list that reaches NULL cannot visit a node twice);
@@ -25,7 +25,7 @@
  *  4. pm_no_pool (the head of every empty used list) is still all zeros; every list of
  *     the stand-in heaps (bypass, unattached) is empty; for every heap (main, shared, each
  *     thread heap), each of its 32 used lists is NULL-terminated with consistent prev
- *     links, holds only pools the arena map says are ours whose headers say "used, not
+ *     links and tail, holds only headers of carved pools whose headers say "used, not
  *     full, this class, this heap"; a thread heap's stash holds only its empty pools, as
  *     many per class as it counts. Over all heaps, each class's used lists have the same
  *     length and address fingerprint (of pool and owner) as the used pools of that class
@@ -38,14 +38,14 @@
  *
  * Memory. Nothing is allocated: the walk keeps per-class counters on the stack, and a
  * pointer is dereferenced only after it is shown to lie inside memory the walk already
- * owns (a block inside its pool's carved part; a pool the arena map covers). Marking
- * visited pools would need a bit per pool; instead membership is proved by counting, as
- * above. For the used lists, a listed pool is one the map covers, but whether it is a
- * *carved* pool would take a search over the arenas per pool; the fingerprint (a sum of a
- * 64-bit mixing of each address) makes a listed impostor with a used pool's header show up
- * except with probability about 2^-64, keeping the check O(heap) in time.
+ * owns (a block inside its pool's carved part; a header of a carved pool, found by
+ * arithmetic over the descriptor slabs, pm_arena_of_header). Marking visited pools would
+ * need a bit per pool; instead membership is proved by counting, as above, with a
+ * fingerprint (a sum of a 64-bit mixing of each address and owner) that makes a pool
+ * listed in place of another show up except with probability about 2^-64 (belt and
+ * braces now that only carved pools' headers pass as listed pools).
  *
- * Cost: O(arenas + carved pools + free blocks). Run it in tests and debug builds, not on a
+ * Cost: O(arenas + carved pools + free blocks + listed pools x descriptor slabs). Run it in tests and debug builds, not on a
  * hot path. Contract: the GIL is held, as for every other walk of pymalloc's structures;
  * with thread caches, other threads are quiescent (not inside a mem or object call, with a
  * happens-before edge to this one: joined, or waiting on a barrier). The registry and pool
@@ -121,9 +121,6 @@ static bool is_heap(const pm_heap *heap) {
     return heap == &pm_main_heap || heap == &pm_shared_heap || is_thread_heap(heap);
 }
 
-static const pm_pool *pool_at(const pm_arena *arena, uint32_t index) {
-    return (const pm_pool *)((uintptr_t)arena->first_pool + (uintptr_t)index * PM_POOL_SIZE);
-}
 
 /* ---- one pool ------------------------------------------------------------------------ */
 
@@ -137,7 +134,7 @@ static bool check_pool(heap_walk *walk, const pm_arena *arena, const pm_pool *po
     }
     if (pool->size_class == PM_NO_CLASS) {
         /* Taken from the arena but never given a class: nothing may have happened to it. */
-        if (pool->used_state != 0 || pool->free != NULL || pool->carve_offset != PM_POOL_HEADER_SIZE) {
+        if (pool->used_state != 0 || pool->free != NULL || pool->carve_offset != 0) {
             fail(walk,
                  "pool %p (no class): never used, yet used state %#x, free list %p, "
                  "carve offset %u",
@@ -167,16 +164,15 @@ static bool check_pool(heap_walk *walk, const pm_arena *arena, const pm_pool *po
         return false;
     }
     size_t carve_offset = pool->carve_offset;
-    if (carve_offset < PM_POOL_HEADER_SIZE || (carve_offset - PM_POOL_HEADER_SIZE) % size != 0 ||
-        (carve_offset - PM_POOL_HEADER_SIZE) / size > capacity) {
+    if (carve_offset % size != 0 || carve_offset / size > capacity) {
         fail(walk, "pool %p (class %u): carve offset %zu is not a block boundary within the pool",
              at, size_class, carve_offset);
         return false;
     }
-    uint32_t carved = (uint32_t)((carve_offset - PM_POOL_HEADER_SIZE) / size);
+    uint32_t carved = (uint32_t)(carve_offset / size);
 
     /* The free list: each block is validated before its link is read. */
-    uintptr_t base = (uintptr_t)pool;
+    uintptr_t base = pool->memory;
     uint32_t listed = 0;
     for (const pm_block *b = pool->free; b != NULL; b = b->next) {
         uintptr_t address = (uintptr_t)b;
@@ -186,12 +182,7 @@ static bool check_pool(heap_walk *walk, const pm_arena *arena, const pm_pool *po
             return false;
         }
         size_t offset = address - base;
-        if (offset < PM_POOL_HEADER_SIZE) {
-            fail(walk, "pool %p (class %u): free block %p lies in the pool header", at,
-                 size_class, (const void *)b);
-            return false;
-        }
-        if ((offset - PM_POOL_HEADER_SIZE) % size != 0) {
+        if (offset % size != 0) {
             fail(walk, "pool %p (class %u): free block %p is not at a block boundary", at,
                  size_class, (const void *)b);
             return false;
@@ -258,23 +249,30 @@ static void check_arena(const pm_arena *arena, void *arg) {
 
     uintptr_t first = (arena->address + PM_POOL_MASK) & ~(uintptr_t)PM_POOL_MASK;
     uint32_t total = (uint32_t)((arena->address + PM_ARENA_SIZE - first) / PM_POOL_SIZE);
-    if ((uintptr_t)arena->first_pool != first || arena->total_pools != total) {
+    if (arena->pools_start != first || arena->total_pools != total) {
         fail(walk, "arena %p: first pool %p and %u pools, expected %p and %u", at,
-             (const void *)arena->first_pool, arena->total_pools, (const void *)first, total);
+             (const void *)arena->pools_start, arena->total_pools, (const void *)first, total);
         return;
+    }
+    for (uint32_t i = 0; i < total; i++) {
+        const pm_pool *pool = &arena->pools[i];
+        if (pool->memory != first + (uintptr_t)i * PM_POOL_SIZE || pm_pool_of((void *)pool->memory) != pool) {
+            fail(walk, "arena %p: header %u (%p) describes pool memory %p, expected %p", at, i,
+                 (const void *)pool, (const void *)pool->memory,
+                 (const void *)(first + (uintptr_t)i * PM_POOL_SIZE));
+            return;
+        }
     }
 
     uint32_t empty = 0;
     for (uint32_t i = 0; i < arena->carved_pools && walk->failure == NULL; i++) {
-        if (check_pool(walk, arena, pool_at(arena, i))) empty++;
+        if (check_pool(walk, arena, &arena->pools[i])) empty++;
     }
     if (walk->failure != NULL) return;
 
-    uintptr_t carved_end = first + (uintptr_t)arena->carved_pools * PM_POOL_SIZE;
     uint32_t listed = 0;
     for (const pm_pool *p = arena->free_pools; p != NULL; p = p->next) {
-        uintptr_t address = (uintptr_t)p;
-        if (address < first || address >= carved_end || (address & PM_POOL_MASK) != 0) {
+        if (!pm_arena_has_header(arena, p, arena->carved_pools)) {
             fail(walk, "arena %p: free pool %p is not one of its carved pools", at,
                  (const void *)p);
             return;
@@ -319,10 +317,10 @@ static void check_sentinel_heap(heap_walk *walk, const pm_heap *heap, const char
     }
 }
 
-/* A pool found on one of `heap`'s lists: ours and pool-aligned (so its header may be read). */
+/* A pool found on one of `heap`'s lists: the header of a carved pool (so it may be read). */
 static bool listed_pool_ours(heap_walk *walk, const pm_heap *heap, const pm_pool *p,
                              const char *list) {
-    if (((uintptr_t)p & PM_POOL_MASK) != 0 || !pm_pymalloc_owns(p)) {
+    if (pm_arena_of_header(p) == NULL) {
         fail(walk, "heap %p: its %s holds %p, which is not one of our pools", (const void *)heap,
              list, (const void *)p);
         return false;
@@ -349,7 +347,13 @@ static void check_used_list(heap_walk *walk, const pm_heap *heap, unsigned c) {
         fail(walk, "class %u: used-list head is NULL (an empty list is &pm_no_pool)", c);
         return;
     }
-    if (head == &pm_no_pool) return;
+    if (head == &pm_no_pool) {
+        if (heap->used_last[c] != NULL) {
+            fail(walk, "class %u: heap %p's used list is empty but its tail is %p", c,
+                 (const void *)heap, (const void *)heap->used_last[c]);
+        }
+        return;
+    }
     size_t count = 0;
     const pm_pool *prev = NULL;
     for (const pm_pool *p = head; p != NULL; prev = p, p = p->next) {
@@ -387,6 +391,10 @@ static void check_used_list(heap_walk *walk, const pm_heap *heap, unsigned c) {
         }
         if (!listed_pool_ok(walk, heap, p, "used list")) return;
         listed->fingerprint += pool_print(p, heap);
+    }
+    if (heap->used_last[c] != prev) {
+        fail(walk, "class %u: heap %p's used list ends at %p but its tail is %p", c,
+             (const void *)heap, (const void *)prev, (const void *)heap->used_last[c]);
     }
 }
 
@@ -428,11 +436,9 @@ static void check_block_chain(heap_walk *walk, const pm_heap *heap, const pm_lif
                               const char *list) {
     for (; node != NULL && walk->failure == NULL; node = node->next) {
         const pm_pool *pool = pm_pool_of(node);
-        size_t offset = (uintptr_t)node - (uintptr_t)pool;
-        if (!pm_pymalloc_owns(node) || offset < PM_POOL_HEADER_SIZE ||
-            pool->size_class >= PM_NUM_CLASSES || pm_pool_used(pool) == 0 ||
-            (offset - PM_POOL_HEADER_SIZE) % pm_class_block_size(pool->size_class) != 0 ||
-            offset >= pool->carve_offset) {
+        size_t offset = pool != NULL ? (uintptr_t)node - pool->memory : 0;
+        if (pool == NULL || pool->size_class >= PM_NUM_CLASSES || pm_pool_used(pool) == 0 ||
+            offset % pm_class_block_size(pool->size_class) != 0 || offset >= pool->carve_offset) {
             fail(walk, "heap %p: its %s holds %p, which is not a block in use",
                  (const void *)heap, list, (const void *)node);
             return;

@@ -12,12 +12,15 @@
  * and the report is printed from the snapshot, so the text and the JSON cannot disagree.
  * The byte accounting is CPython's and closes exactly: for every arena,
  *
- *   PM_ARENA_SIZE = pools in use   x (header + capacity x block size + quantization)
+ *   PM_ARENA_SIZE = pools in use   x (capacity x block size + quantization)
  *                 + free_count     x PM_POOL_SIZE            (empty + never carved)
  *                 + (PM_POOLS_PER_ARENA - total_pools) x PM_POOL_SIZE   (alignment)
  *
  * provided free_count + pools in use == total_pools, which pm_heap_check() verifies; the
- * "Total" line therefore equals arenas x arena size, as CPython's does.
+ * "Total" line therefore equals arenas x arena size, as CPython's does. Pool headers take
+ * none of an arena's bytes (they live in the arena descriptors, alloc/internal/pymalloc.h),
+ * so "bytes lost to pool headers" is 0; the descriptors' memory is reported with the
+ * lines of our own at the end.
  *
  * The layout is CPython 3.11's, line for line, so that tools which read its output read
  * ours: the class table, then "label = value" lines (label padded to 35 columns, value
@@ -56,7 +59,6 @@ typedef struct stats_snapshot {
     size_t pool_blocks;        /* blocks handed out from pools */
     size_t allocated_bytes;    /* blocks in use x their block size */
     size_t available_bytes;    /* available blocks x their block size */
-    size_t header_bytes;       /* pools in use x PM_POOL_HEADER_SIZE */
     size_t quantization_bytes; /* per pool in use: the tail too small for another block */
     size_t alignment_bytes;    /* per arena: the part before its first aligned pool */
     size_t stashed_pools;      /* empty pools held by thread caches (among unused_pools) */
@@ -65,17 +67,13 @@ typedef struct stats_snapshot {
     pm_heap_counters cache; /* summed over every heap */
 } stats_snapshot;
 
-static const pm_pool *pool_at(const pm_arena *arena, uint32_t index) {
-    return (const pm_pool *)((uintptr_t)arena->first_pool + (uintptr_t)index * PM_POOL_SIZE);
-}
-
 static void snapshot_arena(const pm_arena *arena, void *arg) {
     stats_snapshot *s = arg;
     s->arenas++;
     s->unused_pools += arena->free_count;
     s->alignment_bytes += PM_ARENA_SIZE - (size_t)arena->total_pools * PM_POOL_SIZE;
     for (uint32_t i = 0; i < arena->carved_pools; i++) {
-        const pm_pool *pool = pool_at(arena, i);
+        const pm_pool *pool = &arena->pools[i];
         /* Empty pools are unused pools; a class out of range is corruption that
          * pm_heap_check() reports, and counting it would index past the table. */
         if (pm_pool_used(pool) == 0 && pm_pool_owner(pool) != NULL) {
@@ -101,8 +99,7 @@ static void snapshot_arena(const pm_arena *arena, void *arg) {
         s->pool_blocks += pm_pool_used(pool);
         s->allocated_bytes += (size_t)pm_pool_used(pool) * size;
         s->available_bytes += avail * size;
-        s->header_bytes += PM_POOL_HEADER_SIZE;
-        s->quantization_bytes += (PM_POOL_SIZE - PM_POOL_HEADER_SIZE) % size;
+        s->quantization_bytes += PM_POOL_SIZE % size;
     }
 }
 
@@ -147,7 +144,7 @@ static size_t raw_blocks(void) {
 
 static size_t snapshot_total(const stats_snapshot *s) {
     return s->allocated_bytes + s->available_bytes + s->unused_pools * PM_POOL_SIZE +
-           s->header_bytes + s->quantization_bytes + s->alignment_bytes;
+           s->quantization_bytes + s->alignment_bytes;
 }
 
 static size_t map_root_bytes(void) {
@@ -228,7 +225,7 @@ void pm_stats_print_unchecked(FILE *out) {
     print_value(out, "# bytes in available blocks", s.available_bytes);
     snprintf(label, sizeof label, "%zu unused pools * %zu bytes", s.unused_pools, PM_POOL_SIZE);
     print_value(out, label, s.unused_pools * PM_POOL_SIZE);
-    print_value(out, "# bytes lost to pool headers", s.header_bytes);
+    print_value(out, "# bytes lost to pool headers", 0); /* kept apart: see the design note */
     print_value(out, "# bytes lost to quantization", s.quantization_bytes);
     print_value(out, "# bytes lost to arena alignment", s.alignment_bytes);
     print_value(out, "Total", snapshot_total(&s));
@@ -247,6 +244,11 @@ void pm_stats_print_unchecked(FILE *out) {
     print_value(out, "# arenas in reserve", reserve);
     print_value(out, "# bytes in arena reserve", reserve * PM_ARENA_SIZE);
     print_value(out, "# bytes arena reserve limit", pm_arena_reserve_limit());
+
+    /* pymalloc-mt only: arena descriptors, which hold the pool headers (CPython keeps those
+     * inside the pools, where they count as "bytes lost to pool headers"). */
+    fputs("\narena descriptors\n", out);
+    print_value(out, "# bytes in arena descriptors", pm_arena_descriptor_bytes());
 
     /* pymalloc-mt only: the per-thread caches (pm_init). */
     if (!pm_threading.caches) return;
@@ -319,6 +321,7 @@ size_t pm_stats_json(char *buf, size_t size) {
     take_snapshot(&s);
     size_t reserve = pm_arena_reserve_count();
     size_t reserve_limit = pm_arena_reserve_limit();
+    size_t descriptor_bytes = pm_arena_descriptor_bytes();
     pm_pymalloc_counters counters = pm_counters;
     pm_heap_walk_unlock();
     json_writer w = {.buf = buf, .size = size, .length = 0, .failed = false};
@@ -328,7 +331,7 @@ size_t pm_stats_json(char *buf, size_t size) {
                 "{\"small_block_threshold\":%d,\"size_classes\":%d,\"alignment\":%d,"
                 "\"arena_size\":%zu,\"pool_size\":%zu,\"pool_header_size\":%zu,",
                 PM_SMALL_REQUEST_THRESHOLD, PM_NUM_CLASSES, PM_ALIGNMENT, PM_ARENA_SIZE,
-                PM_POOL_SIZE, PM_POOL_HEADER_SIZE);
+                PM_POOL_SIZE, sizeof(pm_pool));
     json_append(&w, "\"classes\":[");
     for (unsigned c = 0; c < PM_NUM_CLASSES; c++) {
         const class_stats *cs = &s.classes[c];
@@ -348,13 +351,14 @@ size_t pm_stats_json(char *buf, size_t size) {
                 "\"unused_pools\":%zu,\"unused_pool_bytes\":%zu,\"pool_headers\":%zu,"
                 "\"quantization\":%zu,\"arena_alignment\":%zu,\"total\":%zu},",
                 s.allocated_bytes, s.available_bytes, s.unused_pools,
-                s.unused_pools * PM_POOL_SIZE, s.header_bytes, s.quantization_bytes,
+                s.unused_pools * PM_POOL_SIZE, (size_t)0, s.quantization_bytes,
                 s.alignment_bytes, snapshot_total(&s));
     json_append(&w,
                 "\"arena_map\":{\"leaf_nodes\":%zu,\"root_bytes\":%zu,\"leaf_bytes\":%zu,"
                 "\"total\":%zu},",
                 counters.map_leaf_nodes, map_root_bytes(), map_leaf_bytes(),
                 map_root_bytes() + map_leaf_bytes());
+    json_append(&w, "\"descriptor_bytes\":%zu,", descriptor_bytes);
     json_append(&w,
                 "\"allocated_blocks\":%zu,\"raw_allocated_blocks\":%zu,"
                 "\"reserve\":{\"arenas\":%zu,\"bytes\":%zu,\"limit_bytes\":%zu},",

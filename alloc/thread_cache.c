@@ -529,15 +529,14 @@ static void fork_parent(void) PM_NO_THREAD_SAFETY_ANALYSIS {
  * taking back is lost to the child, but counted, so the pool stays consistent). */
 static void recount_pool(pm_pool *pool) {
     size_t size = pm_class_block_size(pool->size_class);
-    uintptr_t base = (uintptr_t)pool;
+    uintptr_t base = pool->memory;
     size_t carved_end = pool->carve_offset;
     uint32_t listed = 0;
     pm_block **link = &pool->free;
     while (*link != NULL) {
         uintptr_t at = (uintptr_t)*link;
         size_t offset = at - base;
-        bool valid = at > base && offset >= PM_POOL_HEADER_SIZE && offset + size <= PM_POOL_SIZE &&
-                     (offset - PM_POOL_HEADER_SIZE) % size == 0 &&
+        bool valid = at >= base && offset + size <= PM_POOL_SIZE && offset % size == 0 &&
                      listed < pm_class_capacity(pool->size_class);
         if (!valid) {
             *link = NULL; /* a torn link: drop the rest (those blocks count as in use) */
@@ -548,7 +547,7 @@ static void recount_pool(pm_pool *pool) {
         link = &(*link)->next;
     }
     pool->carve_offset = (uint16_t)carved_end;
-    uint32_t carved = (uint32_t)((carved_end - PM_POOL_HEADER_SIZE) / size);
+    uint32_t carved = (uint32_t)(carved_end / size);
     uint32_t used = carved - listed;
     /* Caught between taking its last free block and carving more: carve now, as malloc
      * would have, so that "no free block" again means "full". */
@@ -560,7 +559,7 @@ static void recount_pool(pm_pool *pool) {
 static void reclaim_pool_of_vanished_thread(const pm_arena *arena, void *arg) {
     (void)arg;
     for (uint32_t i = 0; i < arena->carved_pools; i++) {
-        pm_pool *pool = (pm_pool *)((uintptr_t)arena->first_pool + (uintptr_t)i * PM_POOL_SIZE);
+        pm_pool *pool = (pm_pool *)&arena->pools[i];
         pm_heap *owner = pm_pool_owner(pool);
         if (owner == NULL || owner->kind != PM_HEAP_THREAD || heap_attached(owner)) continue;
         if (pool->size_class >= PM_NUM_CLASSES) {
@@ -591,7 +590,10 @@ static void fork_child(void) PM_NO_THREAD_SAFETY_ANALYSIS {
         }
         /* A thread of the parent: its lists may be torn, so forget them. (Blocks in its
          * outbox stay counted in their pools: lost to the child, never double-counted.) */
-        for (unsigned c = 0; c < PM_NUM_CLASSES; c++) h->used[c] = &pm_no_pool;
+        for (unsigned c = 0; c < PM_NUM_CLASSES; c++) {
+            h->used[c] = &pm_no_pool;
+            h->used_last[c] = NULL;
+        }
         h->outbox_to = NULL;
         h->outbox_first = h->outbox_last = NULL;
         h->outbox_count = 0;

@@ -224,16 +224,6 @@ TEST_F(HeapCheckTest, DetectsFreeBlockOffABlockBoundary) {
     first->next = saved;
 }
 
-TEST_F(HeapCheckTest, DetectsFreeBlockInThePoolHeader) {
-    GilScope gil;
-    pm_pool *pool = UsedPool(7);
-    pm_block *first = pool->free;
-    pm_block *saved = first->next;
-    first->next = reinterpret_cast<pm_block *>(reinterpret_cast<char *>(pool) + 16);
-    EXPECT_TRUE(ReportsProblem(pm_heap_check(), "lies in the pool header"));
-    first->next = saved;
-}
-
 TEST_F(HeapCheckTest, DetectsFreeBlockBeyondTheCarveOffset) {
     GilScope gil;
     pm_pool *pool = UsedPool(7);
@@ -241,7 +231,7 @@ TEST_F(HeapCheckTest, DetectsFreeBlockBeyondTheCarveOffset) {
     // Class 7 (128 bytes) leaves a 16-byte tail, so the carve offset is inside the pool
     // even when every block is carved.
     ASSERT_LT(pool->carve_offset, PM_POOL_SIZE);
-    tail->next = reinterpret_cast<pm_block *>(reinterpret_cast<char *>(pool) + pool->carve_offset);
+    tail->next = reinterpret_cast<pm_block *>(pool->memory + pool->carve_offset);
     EXPECT_TRUE(ReportsProblem(pm_heap_check(), "beyond the carve offset"));
     tail->next = nullptr;
 }
@@ -320,8 +310,7 @@ TEST_F(HeapCheckTest, DetectsEmptyFreeListInAPoolThatIsNotFull) {
     // blocks as in use keeps the totals right, so only the "free == NULL iff full" rule
     // catches it.
     pm_pool *pool = UsedPool(29);
-    uint32_t carved = static_cast<uint32_t>((pool->carve_offset - PM_POOL_HEADER_SIZE) /
-                                            pm_class_block_size(29));
+    uint32_t carved = static_cast<uint32_t>(pool->carve_offset / pm_class_block_size(29));
     ASSERT_LT(carved, pm_class_capacity(29));
     pm_block *saved_free = pool->free;
     uint32_t saved_used = pool->used_state;
@@ -383,9 +372,11 @@ TEST_F(HeapCheckTest, DetectsAUsedPoolMissingFromItsList) {
     pm_pool *pool = UsedPool(9);
     ASSERT_EQ(pm_main_heap.used[9], pool);
     pm_main_heap.used[9] = &pm_no_pool;
+    pm_main_heap.used_last[9] = nullptr;
     EXPECT_TRUE(ReportsProblem(pm_heap_check(),
                                "class 9 used pools: 0 pools on the lists but 1 such pools in the arenas"));
     pm_main_heap.used[9] = pool;
+    pm_main_heap.used_last[9] = pool;
 }
 
 TEST_F(HeapCheckTest, DetectsANullListHead) {
@@ -403,6 +394,17 @@ TEST_F(HeapCheckTest, DetectsABrokenPrevLink) {
     pool->prev = pool;
     EXPECT_TRUE(ReportsProblem(pm_heap_check(), "on the used list has prev"));
     pool->prev = nullptr;
+}
+
+TEST_F(HeapCheckTest, DetectsAStaleUsedListTail) {
+    GilScope gil;
+    pm_pool *pool = UsedPool(9);
+    ASSERT_EQ(pm_main_heap.used_last[9], pool) << "expected the only used pool of class 9";
+    pm_main_heap.used_last[9] = nullptr;
+    EXPECT_TRUE(ReportsProblem(pm_heap_check(), "class 9: heap " + Hex(&pm_main_heap) +
+                                                    "'s used list ends at " + Hex(pool) +
+                                                    " but its tail is (nil)"));
+    pm_main_heap.used_last[9] = pool;
 }
 
 TEST_F(HeapCheckTest, DetectsACycleInAUsedList) {
@@ -423,8 +425,8 @@ TEST_F(HeapCheckTest, DetectsAForeignPointerInAUsedList) {
     pool->next = nullptr;
 }
 
-// The address fingerprint: a never-carved pool whose header is forged to look like the used
-// pool it replaces on the list passes every per-pool test and the count.
+// A never-carved pool whose header is forged to look like the used pool it replaces on the
+// list passes every per-pool test and the count; only carved pools' headers may be listed.
 TEST_F(HeapCheckTest, DetectsAnImpostorPoolOnAUsedList) {
     GilScope gil;
     pm_pool *pool = UsedPool(9);
@@ -434,9 +436,7 @@ TEST_F(HeapCheckTest, DetectsAnImpostorPoolOnAUsedList) {
             [](const pm_arena *arena, void *arg) {
                 auto *out = static_cast<pm_pool **>(arg);
                 if (*out == nullptr && arena->carved_pools < arena->total_pools) {
-                    *out = reinterpret_cast<pm_pool *>(
-                        reinterpret_cast<uintptr_t>(arena->first_pool) +
-                        static_cast<uintptr_t>(arena->carved_pools) * PM_POOL_SIZE);
+                    *out = const_cast<pm_pool *>(&arena->pools[arena->carved_pools]);
                 }
             },
             &found);
@@ -449,15 +449,17 @@ TEST_F(HeapCheckTest, DetectsAnImpostorPoolOnAUsedList) {
         impostor = find_uncarved();
     }
     ASSERT_NE(impostor, nullptr);
-    ASSERT_TRUE(pm_pymalloc_owns(impostor));
+    ASSERT_TRUE(pm_pymalloc_owns(reinterpret_cast<void *>(impostor->memory)));
 
     pm_pool saved;
     memcpy(&saved, impostor, sizeof saved);
     memcpy(impostor, pool, sizeof *impostor);  // same class, counts, owner, links
+    impostor->memory = saved.memory;           // but still describing its own memory
     pm_main_heap.used[9] = impostor;
-    EXPECT_TRUE(ReportsProblem(pm_heap_check(),
-                               "class 9 used pools: the lists hold a pool that is not such a pool of the arenas"));
+    pm_main_heap.used_last[9] = impostor;
+    EXPECT_TRUE(ReportsProblem(pm_heap_check(), "which is not one of our pools"));
     pm_main_heap.used[9] = pool;
+    pm_main_heap.used_last[9] = pool;
     memcpy(impostor, &saved, sizeof saved);
 }
 

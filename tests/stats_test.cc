@@ -102,7 +102,7 @@ struct Report {
     std::map<unsigned, ClassRow> rows;
     // Value lines by label, in three sections; "N arenas * M bytes/arena" and
     // "N unused pools * M bytes" are stored under those patterns with N and M kept apart.
-    std::map<std::string, size_t> pool_section, map_section, reserve_section;
+    std::map<std::string, size_t> pool_section, map_section, reserve_section, descriptor_section;
     size_t arenas_in_label = 0, arena_size_in_label = 0;
     size_t unused_pools_in_label = 0, pool_size_in_label = 0;
 };
@@ -136,6 +136,9 @@ const std::vector<std::string> kLayout = {
     "# arenas in reserve",
     "# bytes in arena reserve",
     "# bytes arena reserve limit",
+    "",
+    "@arena descriptors",
+    "# bytes in arena descriptors",
 };
 
 ::testing::AssertionResult ParseReport(const std::string &text, Report *report) {
@@ -199,8 +202,9 @@ const std::vector<std::string> kLayout = {
         if (want[0] == '@') {
             r = expect_line(want.substr(1));
             if (!r) return r;
-            section = want == "@arena map counts" ? &report->map_section
-                                                  : &report->reserve_section;
+            section = want == "@arena map counts"   ? &report->map_section
+                      : want == "@arena reserve" ? &report->reserve_section
+                                                 : &report->descriptor_section;
             continue;
         }
         if (i >= lines.size()) return ::testing::AssertionFailure() << "missing line: " << want;
@@ -273,11 +277,14 @@ void ExpectReportCloses(const Report &r) PM_GIL_REQUIRED {
         allocated += row.in_use * row.size;
         available += row.avail * row.size;
         pools += row.pools;
-        quantization += row.pools * ((PM_POOL_SIZE - PM_POOL_HEADER_SIZE) % row.size);
+        quantization += row.pools * (PM_POOL_SIZE % row.size);
     }
     EXPECT_EQ(p.at("# bytes in allocated blocks"), allocated);
     EXPECT_EQ(p.at("# bytes in available blocks"), available);
-    EXPECT_EQ(p.at("# bytes lost to pool headers"), pools * PM_POOL_HEADER_SIZE);
+    EXPECT_LE(pools, arenas * PM_POOLS_PER_ARENA);
+    // Pool headers live in the arena descriptors, not in the arenas' bytes.
+    EXPECT_EQ(p.at("# bytes lost to pool headers"), 0u);
+    EXPECT_GE(r.descriptor_section.at("# bytes in arena descriptors"), arenas * sizeof(pm_arena));
     EXPECT_EQ(p.at("# bytes lost to quantization"), quantization);
     EXPECT_EQ(p.at("# bytes lost to arena alignment") % PM_POOL_SIZE, 0u);
     EXPECT_LE(p.at("# bytes lost to arena alignment"), arenas * PM_POOL_SIZE);
@@ -610,7 +617,8 @@ TEST_F(StatsTest, JsonParsesAndAgreesWithTheReport) {
     EXPECT_EQ(root.At("size_classes"), 32u);
     EXPECT_EQ(root.At("arena_size"), PM_ARENA_SIZE);
     EXPECT_EQ(root.At("pool_size"), PM_POOL_SIZE);
-    EXPECT_EQ(root.At("pool_header_size"), PM_POOL_HEADER_SIZE);
+    EXPECT_EQ(root.At("pool_header_size"), sizeof(pm_pool));
+    EXPECT_EQ(root.At("descriptor_bytes"), report.descriptor_section.at("# bytes in arena descriptors"));
 
     const Json &classes = root.Member("classes");
     ASSERT_EQ(classes.kind, Json::kArray);
