@@ -86,27 +86,28 @@
  * the probe's frame in what it captured.
  *
  * Cost (tools/bench/trace_cost.c: object-domain churn over 100,000 live blocks, -O2; a
- * 2-core machine shared with other builds, where the untraced step took 47-53 ns and
- * ratios moved by 0.3 between runs; instruction counts from callgrind). Any hook at all
- * costs 1.2-1.3x (+29 instructions, +14 ns a step), because pymalloc's inline paths
- * are bypassed while one is installed. Sampling at the default rate costs 1.35-1.4x: +46
- * instructions a step over a pass-through hook (the countdown on malloc, a filter bit on
- * free), 4-10 ns; 1.1x is below the floor of any hook, and would take sampling inside
- * pymalloc's own fast path. Full tracing with one provider frame costs 3.8-4.3x (it was
- * 5.3x in the same runs before the cheap paths: the traceback cache, no filter, prefetch,
- * frameless hooks): +558 instructions and +150-175 ns a step. What dominates is memory:
- * each remove and each insert touches a random slot of a 6 MiB table (on this machine a
- * dependent miss costs 20 ns within 4 MiB, 70 ns at 8 MiB), and the work between them is
- * too long for the core to overlap one step's misses with the next one's. Measured by
- * taking parts out, in runs where full tracing took 4.6x: without the table, 2.5x;
- * without the traceback capture (one fixed traceback), 3.9x;
- * without the two spinlock RMWs, no measurable change; with 16-byte slots (a 4 MiB
- * table), or 32-byte ones that never straddle a line, no gain; at a 7/8 maximum load (a
- * 3 MiB table), 4.7x (longer probe runs). The prefetch hides the insert's miss behind
- * the capture; the remove's has nothing to hide behind. CPython's tracemalloc costs ~10x
- * on object churn. One native frame costs 23-24x: backtrace(3) unwinds through libgcc's
- * DWARF tables. The tracer holds about 71 bytes per traced block (CPython: about 53 plus
- * a 16-byte record), plus 64 KiB of traceback cache per tracing thread.
+ * 2-core machine shared with other builds, ratios moving by 0.5 between runs; instruction
+ * counts from callgrind). With pool headers out of the pools the untraced step takes 33-38
+ * ns and 119 instructions. Any hook at all costs 1.35-1.45x (+28 instructions, +14-19 ns a
+ * step), because pymalloc's inline paths are bypassed while one is installed. Sampling at
+ * the default rate costs 1.4-1.5x: +46 instructions a step over a pass-through hook (the
+ * countdown on malloc, a filter bit on free), a few ns; 1.1x is below the floor of any
+ * hook, and would take sampling inside pymalloc's own fast path. Full tracing with one
+ * provider frame costs 6.2-7.1x, +544 instructions and +210-230 ns a step (8.1-9.3x and
+ * +681 before the cheap paths: the traceback cache, no filter, prefetch, frameless hooks;
+ * on the older pymalloc, whose step took 50 ns, 3.8-4.3x against 5.3x). What dominates is
+ * memory: each remove and each insert touches a random slot of a 6 MiB table (on this
+ * machine a dependent miss costs 20 ns within 4 MiB, 70 ns at 8 MiB), and the work between
+ * them is too long for the core to overlap one step's misses with the next one's. Measured
+ * by taking parts out (older pymalloc, runs where full tracing took 4.6x): no table, 2.5x;
+ * without the traceback capture (one fixed traceback), 3.9x; without the two spinlock RMWs,
+ * no measurable change; with 16-byte slots (a 4 MiB table), or 32-byte ones that never
+ * straddle a line, no gain; at a 7/8 maximum load (a 3 MiB table), 4.7x (longer probe
+ * runs). The prefetch hides the insert's miss behind the capture; the remove's has nothing
+ * to hide behind. CPython's tracemalloc costs ~10x on object churn. One native frame costs
+ * ~1.1 us a step: backtrace(3) unwinds through libgcc's DWARF tables. The tracer holds
+ * about 73 bytes per traced block (CPython: about 53 plus a 16-byte record), plus 64 KiB of
+ * traceback cache per tracing thread.
  * Alternatives rejected: a header per block (the hook could not free blocks allocated
  * before it, nor could blocks cross a stop); one global table (one lock for every thread);
  * freeing in per-thread batches, so that a batch's table misses overlap (a freed block
