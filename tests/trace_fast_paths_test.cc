@@ -8,7 +8,6 @@
 
 #include <stddef.h>
 
-#include <string>
 #include <vector>
 
 #include "alloc/pymalloc_mt.h"
