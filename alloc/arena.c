@@ -28,12 +28,13 @@
  * reserve does buy is the case CPython fixed in bpo-37257 by keeping one arena: a program
  * whose usage crosses an arena boundary back and forth. Hence a small default, settable.
  *
- * The arena map answers "is p in one of our pools?" for any pointer without touching p's
- * memory (alloc/internal/pymalloc.h has the encoding). It is a two-level radix tree over the
- * 48-bit address space: a static root of leaf pointers (virtual memory only until used) and
- * leaves of two words per arena-sized chunk, mmap'd on demand and never freed. Writers
- * hold the GIL (with thread caches, the pool lock); readers may run anywhere, so leaf pointers and entries
- * are published with atomics, and an arena's entries are cleared before its memory is given
+ * The arena map answers "is p in one of our pools, and which pool header describes it?" for
+ * any pointer without touching p's memory (alloc/internal/pymalloc.h has the encoding). It
+ * is a two-level radix tree over the 48-bit address space: a static root of leaf offsets
+ * (virtual memory only until used; offset 0 names a built-in empty leaf) and leaves of four
+ * words per arena-sized chunk, mmap'd on demand and never freed. Writers hold the GIL (with
+ * thread caches, the pool lock); readers may run anywhere, so leaf offsets and entries are
+ * published with atomics, and an arena's entries are cleared before its memory is given
  * back, so a pointer the OS later hands to someone else is never taken for ours.
  *
  * Descriptors live apart from arenas, in mmap'd slabs that are never freed, so a pool's
@@ -48,7 +49,7 @@
 #include "alloc/internal/pymalloc.h"
 
 pm_pymalloc_counters pm_counters;
-pm_map_leaf *pm_map_root[PM_MAP_ROOT_LENGTH];
+pm_map pm_arena_map;
 
 /* ---- the default arena allocator: mmap / munmap -------------------------------------- */
 
@@ -178,12 +179,13 @@ static pm_map_entry *map_entry(uintptr_t address, bool create) {
     uintptr_t key = address >> PM_ARENA_BITS;
     uintptr_t root_index = key >> PM_MAP_LEAF_BITS;
     if (root_index >= PM_MAP_ROOT_LENGTH) return NULL;
-    pm_map_leaf *leaf = pm_atomic_load_ptr_acquire(&pm_map_root[root_index]);
-    if (leaf == NULL) {
+    uintptr_t *offset = &pm_arena_map.leaf_offset[root_index];
+    pm_map_leaf *leaf = (pm_map_leaf *)((uintptr_t)&pm_arena_map + pm_atomic_load_size_acquire(offset));
+    if (leaf == &pm_arena_map.none) {
         if (!create) return NULL;
         leaf = map_anonymous(sizeof(pm_map_leaf)); /* zero-filled: owns nothing */
         if (leaf == NULL) return NULL;
-        pm_atomic_store_ptr_release(&pm_map_root[root_index], leaf);
+        pm_atomic_store_size_release(offset, (uintptr_t)leaf - (uintptr_t)&pm_arena_map);
         pm_counters.map_leaf_nodes++;
     }
     return &leaf->chunk[key & (PM_MAP_LEAF_LENGTH - 1)];

@@ -227,9 +227,8 @@ void pm_get_raw_stats(pm_raw_stats *out) {
         return a->realloc(a->ctx, ptr, new_size);                                    \
     }                                                                                \
     void prefix##_free(void *ptr) {                                                  \
-        pm_map_leaf *const *map_root =                                               \
-            pm_atomic_load_ptr_relaxed(&pm_domain_routes[domain].map_root);          \
-        pm_pymalloc_free_inline(map_root, ptr, domain);                              \
+        const pm_map *map = pm_atomic_load_ptr_relaxed(&pm_domain_routes[domain].map); \
+        pm_pymalloc_free_inline(map, ptr, domain);                                   \
     }
 
 DEFINE_GIL_DOMAIN(pm_mem, PM_DOMAIN_MEM)

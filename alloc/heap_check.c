@@ -15,7 +15,9 @@
  *       the free list ends within k steps (so it has no cycle, and no duplicate: a
  *         singly linked list that reaches NULL cannot visit a node twice);
  *       conservation: used + free-list length + never-carved blocks == capacity;
- *       free == NULL exactly when the pool is full (every block carved and in use);
+ *       the full flag set only when the pool is full (every block carved and in use)
+ *         and then free == NULL; an unflagged pool with free == NULL only as the head of
+ *         its owner's list (exhausted, not yet settled);
  *       a pool in use is owned by a heap (main, shared, or a registered thread heap); an
  *       empty pool is owned by nobody (it is in its arena) or by a thread heap (its stash).
  *  3. Per arena: the free-pool list holds only carved pools of the arena, each empty, and
@@ -206,20 +208,24 @@ static bool check_pool(heap_walk *walk, const pm_arena *arena, const pm_pool *po
              at, size_class, pm_pool_used(pool), listed, capacity - carved, capacity);
         return false;
     }
-    if (pool->free == NULL && pm_pool_used(pool) != capacity) {
+    const pm_heap *owner = pm_pool_owner(pool);
+    /* No free block and not marked full: legal only for the head of its owner's list, which
+     * malloc exhausted and has not settled yet (alloc/internal/pymalloc.h). */
+    bool exhausted_head = pool->free == NULL && !pm_pool_full(pool) && is_heap(owner) &&
+                          owner->used[size_class] == pool;
+    if (pool->free == NULL && pm_pool_used(pool) != capacity && !exhausted_head) {
         fail(walk,
              "pool %p (class %u): free list empty but the pool is not full "
              "(%u of %u blocks in use, %u never carved)",
              at, size_class, pm_pool_used(pool), capacity, capacity - carved);
         return false;
     }
-    if (pm_pool_full(pool) != (pool->free == NULL)) {
+    if (pm_pool_full(pool) ? pool->free != NULL : pool->free == NULL && !exhausted_head) {
         fail(walk, "pool %p (class %u): the full flag is %s but the free list is %s", at,
              size_class, pm_pool_full(pool) ? "set" : "clear",
              pool->free == NULL ? "empty" : "not empty");
         return false;
     }
-    const pm_heap *owner = pm_pool_owner(pool);
     if (pm_pool_used(pool) == 0) {
         if (owner == NULL) return true; /* in its arena */
         if (!is_thread_heap(owner)) {
@@ -236,7 +242,7 @@ static bool check_pool(heap_walk *walk, const pm_arena *arena, const pm_pool *po
         return false;
     }
     walk->blocks_in_use += pm_pool_used(pool);
-    if (pool->free != NULL) census_add(&walk->used[size_class], pool, owner);
+    if (!pm_pool_full(pool)) census_add(&walk->used[size_class], pool, owner);
     return false;
 }
 
@@ -385,7 +391,7 @@ static void check_used_list(heap_walk *walk, const pm_heap *heap, unsigned c) {
             fail(walk, "class %u: empty pool %p is on the used list", c, at);
             return;
         }
-        if (p->free == NULL) {
+        if (pm_pool_full(p) || (p->free == NULL && p != head)) {
             fail(walk, "class %u: full pool %p is on the used list", c, at);
             return;
         }

@@ -52,8 +52,12 @@
  * above: churn over 100,000 blocks 45-47 -> 39-42 ns a step on its own, and only with it
  * does the used-list order above pay off (in-pool headers plus the new order: 44.5 ns). The
  * price is on free's critical path: the header's address now comes from the map entry (a
- * load) instead of from masking the pointer, which adds 6 instructions to the 64-byte
- * malloc+free pair (38 -> 44) and, in that pure latency chain, 3.8 -> 8.5 ns.
+ * load) instead of from masking the pointer. That cost the 64-byte malloc+free pair 6
+ * instructions, won back by a root that never holds NULL (pymalloc.h, pm_map) and by
+ * malloc no longer testing for the last block (pm_heap_usable_head): 38 again. What stays
+ * is latency: in the pair's pure dependency chain 3.8 -> 8.5 ns; CPython's own programs
+ * (tools/bench/workloads, run under //tools:pmpython) take the same time as before,
+ * 0.998-1.008x, because real code does work between a free and the next malloc.
  */
 #include <string.h>
 
@@ -150,12 +154,11 @@ void pm_pool_prepare(pm_pool *pool, unsigned size_class) {
     }
 }
 
-/* Pops the first block of `pool`, just put at the head of its heap's list. */
+/* Pops the first block of `pool`, the head of its heap's list, which has one. */
 void *pm_pool_pop_first(pm_pool *pool) {
     pm_block *block = pool->free;
     pool->free = block->next;
     pool->used_state++;
-    if (pool->free == NULL) return pm_pymalloc_pool_exhausted(pool, block);
     return block;
 }
 
@@ -163,12 +166,14 @@ void *pm_pool_pop_first(pm_pool *pool) {
 
 pm_heap pm_bypass_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SENTINEL};
 pm_heap pm_unattached_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SENTINEL};
-pm_map_leaf *const pm_bypass_map_root[PM_MAP_ROOT_LENGTH]; /* all NULL: owns nothing */
+/* Every leaf offset 0, so every lookup reads `none`. Never written, yet not const: a const
+ * object of 1.25 MiB of zeros would be stored in the binary (.rodata); this one is .bss. */
+pm_map pm_bypass_map;
 
 pm_domain_route pm_domain_routes[PM_DOMAIN_COUNT] = {
-    [PM_DOMAIN_RAW] = {pm_bypass_map_root}, /* raw has no pymalloc path */
-    [PM_DOMAIN_MEM] = {pm_map_root},
-    [PM_DOMAIN_OBJ] = {pm_map_root},
+    [PM_DOMAIN_RAW] = {&pm_bypass_map}, /* raw has no pymalloc path */
+    [PM_DOMAIN_MEM] = {&pm_arena_map},
+    [PM_DOMAIN_OBJ] = {&pm_arena_map},
 };
 
 /* Something other than pymalloc is installed in `route`'s domain: call it through the table,
@@ -184,25 +189,35 @@ static void *malloc_through_table(size_t nbytes, int route) {
 
 /* ---- slow paths ---------------------------------------------------------------------- */
 
-/* malloc took the last free block of `pool`, which is the head of its list (malloc only
- * ever takes from the head). */
-void *pm_pymalloc_pool_exhausted(pm_pool *pool, pm_block *block) {
+bool pm_pool_settle(pm_pool *pool) {
+    if (pool->free != NULL) return false;
     /* In steady state most exhausted pools are fully carved: test that before calling. */
     bool carvable = pool->carve_offset + pm_class_block_size(pool->size_class) <= PM_POOL_SIZE;
-    if (carvable && pool_carve(pool)) return block;
-    /* Full: off the list until a block comes back. */
-    pm_heap *heap = pm_pool_owner_mine(pool); /* this thread's own heap: only it pops */
-    pm_pool *next = pool->next;
+    if (carvable && pool_carve(pool)) return false;
+    pool->used_state |= PM_POOL_FULL;
+    return true;
+}
+
+/* pm_heap_usable_head for a list that is not empty. */
+static inline pm_pool *settle_head(pm_heap *heap, pm_pool *head, unsigned size_class) {
+    if (!pm_pool_settle(head)) return head;
+    /* Full: off the list until a block comes back. Only the head is ever popped, so the
+     * next pool has free blocks. */
+    pm_pool *next = head->next;
     if (next != NULL) {
-        heap->used[pool->size_class] = next;
+        heap->used[size_class] = next;
         next->prev = NULL;
     } else {
-        heap->used[pool->size_class] = &pm_no_pool;
-        heap->used_last[pool->size_class] = NULL;
+        heap->used[size_class] = &pm_no_pool;
+        heap->used_last[size_class] = NULL;
     }
-    pool->next = NULL;
-    pool->used_state |= PM_POOL_FULL;
-    return block;
+    head->next = NULL;
+    return next != NULL ? next : &pm_no_pool;
+}
+
+pm_pool *pm_heap_usable_head(pm_heap *heap, unsigned size_class) {
+    pm_pool *head = heap->used[size_class];
+    return head == &pm_no_pool ? head : settle_head(heap, head, size_class);
 }
 
 static void *malloc_from_new_pool(pm_heap *heap, unsigned size_class) {
@@ -215,6 +230,16 @@ static void *malloc_from_new_pool(pm_heap *heap, unsigned size_class) {
 }
 
 void *pm_pymalloc_malloc_slow(size_t nbytes, pm_heap *heap, int route) {
+    /* The commonest way here in steady state: the head pool was exhausted by the previous
+     * malloc of the class. The stand-in heaps never get this far: their lists are empty. */
+    if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD) {
+        unsigned size_class = (unsigned)pm_size_class(nbytes);
+        pm_pool *head = heap->used[size_class];
+        if (head != &pm_no_pool) {
+            head = settle_head(heap, head, size_class);
+            if (head != &pm_no_pool) return pm_pool_pop_first(head);
+        }
+    }
     if (heap == &pm_unattached_heap) {
         if (pm_thread_attach() == NULL) return NULL;
         return pm_pymalloc_malloc_inline(pm_route_heap(route), nbytes, route);
@@ -299,7 +324,7 @@ void pm_pymalloc_free_unowned(void *p, int route) {
         }
         /* pymalloc is installed but the route still said otherwise: test the real map. */
         if (pm_pymalloc_owns(p)) {
-            pm_pymalloc_free_inline(pm_map_root, p, PM_ROUTE_PYMALLOC);
+            pm_pymalloc_free_inline(&pm_arena_map, p, PM_ROUTE_PYMALLOC);
             return;
         }
     }
@@ -357,7 +382,7 @@ void *pm_pymalloc_realloc(void *ctx, void *p, size_t nbytes) {
     void *q = pm_pymalloc_malloc_inline(pm_own_heap(), nbytes, PM_ROUTE_PYMALLOC);
     if (q == NULL) return NULL; /* p untouched and still valid */
     memcpy(q, p, keep);
-    pm_pymalloc_free_inline(pm_map_root, p, PM_ROUTE_PYMALLOC);
+    pm_pymalloc_free_inline(&pm_arena_map, p, PM_ROUTE_PYMALLOC);
     return q;
 }
 
@@ -370,7 +395,7 @@ static void *pymalloc_malloc(void *ctx, size_t nbytes) {
 
 static void pymalloc_free(void *ctx, void *p) {
     (void)ctx;
-    pm_pymalloc_free_inline(pm_map_root, p, PM_ROUTE_PYMALLOC);
+    pm_pymalloc_free_inline(&pm_arena_map, p, PM_ROUTE_PYMALLOC);
 }
 
 const pm_allocator pm_pymalloc_allocator = {

@@ -148,7 +148,7 @@ static size_t snapshot_total(const stats_snapshot *s) {
 }
 
 static size_t map_root_bytes(void) {
-    return sizeof(pm_map_root);
+    return sizeof(pm_arena_map.leaf_offset);
 }
 
 static size_t map_leaf_bytes(void) {

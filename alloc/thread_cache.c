@@ -244,8 +244,8 @@ void pm_domain_route_update(pm_domain domain, const pm_allocator *installed) {
     bool ours = installed == &pm_pymalloc_allocator;
     registry_lock();
     route_installed[domain] = ours;
-    pm_atomic_store_ptr_relaxed(&pm_domain_routes[domain].map_root,
-                                ours ? pm_map_root : pm_bypass_map_root);
+    pm_atomic_store_ptr_relaxed(&pm_domain_routes[domain].map,
+                                ours ? &pm_arena_map : &pm_bypass_map);
     for (pm_heap *h = pm_thread_heaps_registry; h != NULL; h = h->registry_next) {
         if (!heap_attached(h)) continue;
         pm_heap *own = pm_threading.caches ? h : &pm_main_heap;
@@ -272,7 +272,8 @@ static bool stash_has_room(const pm_heap *heap, unsigned size_class) {
 
 static void give_to_shared(pm_heap *heap, pm_pool *pool) {
     pm_pool_set_owner(pool, &pm_shared_heap);
-    if (!pm_pool_full(pool)) pm_heap_push_front(&pm_shared_heap, pool);
+    /* An exhausted list head is settled first: the shared lists hold only pools with room. */
+    if (!pm_pool_full(pool) && !pm_pool_settle(pool)) pm_heap_push_front(&pm_shared_heap, pool);
     counter_add(&heap->counters.pools_given, 1);
 }
 
@@ -407,7 +408,7 @@ void *pm_thread_cache_refill(pm_heap *heap, unsigned size_class) {
     pm_outbox_flush(heap);
     if (!pm_lifo_is_empty(&heap->remote)) {
         drain_own(heap);
-        pm_pool *pool = heap->used[size_class];
+        pm_pool *pool = pm_heap_usable_head(heap, size_class);
         if (pool != &pm_no_pool) return pm_pool_pop_first(pool);
     }
     pm_pool *pool = stash_take(heap, size_class);

@@ -306,19 +306,39 @@ TEST_F(HeapCheckTest, DetectsCarveOffsetOffABlockBoundary) {
 
 TEST_F(HeapCheckTest, DetectsEmptyFreeListInAPoolThatIsNotFull) {
     GilScope gil;
-    // A fresh class-29 pool has blocks never carved. Hiding its free list and counting those
-    // blocks as in use keeps the totals right, so only the "free == NULL iff full" rule
-    // catches it.
+    // A fresh class-29 pool has blocks never carved. Hiding its free list, counting those
+    // blocks as in use and marking the pool full keeps the totals right, so only the "full
+    // means every block carved and in use" rule catches it. (Unmarked, the same state is a
+    // list head that malloc exhausted and has not settled yet: legal, see below.)
     pm_pool *pool = UsedPool(29);
     uint32_t carved = static_cast<uint32_t>(pool->carve_offset / pm_class_block_size(29));
     ASSERT_LT(carved, pm_class_capacity(29));
     pm_block *saved_free = pool->free;
     uint32_t saved_used = pool->used_state;
     pool->free = nullptr;
-    pool->used_state = carved;
+    pool->used_state = carved | PM_POOL_FULL;
     EXPECT_TRUE(ReportsProblem(pm_heap_check(), "free list empty but the pool is not full"));
     pool->free = saved_free;
     pool->used_state = saved_used;
+}
+
+TEST_F(HeapCheckTest, AcceptsAnExhaustedListHeadUntilTheNextMallocSettlesIt) {
+    GilScope gil;
+    const unsigned size_class = static_cast<unsigned>(pm_size_class(464));  // class 28
+    std::vector<void *> blocks;
+    blocks.push_back(Alloc(464));
+    pm_pool *pool = pm_pool_of(blocks[0]);
+    while (blocks.size() < pm_class_capacity(size_class)) blocks.push_back(Alloc(464));
+    ASSERT_EQ(pool->free, nullptr) << "every block of the pool is handed out";
+    EXPECT_FALSE(pm_pool_full(pool)) << "taking the last block does not look at the pool";
+    EXPECT_EQ(pm_main_heap.used[size_class], pool);
+    EXPECT_EQ(pm_heap_check(), nullptr);
+    blocks.push_back(Alloc(464));
+    EXPECT_TRUE(pm_pool_full(pool)) << "the next malloc marks it full";
+    EXPECT_NE(pm_main_heap.used[size_class], pool) << "and takes it off the list";
+    EXPECT_NE(pm_pool_of(blocks.back()), pool);
+    EXPECT_EQ(pm_heap_check(), nullptr);
+    for (void *p : blocks) Free(p);
 }
 
 TEST_F(HeapCheckTest, DetectsAFullPoolWithoutItsFullFlag) {
@@ -326,7 +346,8 @@ TEST_F(HeapCheckTest, DetectsAFullPoolWithoutItsFullFlag) {
     // free's fast path relies on the flag to notice a block coming back to a full pool.
     size_t capacity = pm_class_capacity(pm_size_class(400));
     std::vector<void *> blocks;
-    for (size_t i = 0; i < capacity; i++) blocks.push_back(Alloc(400));
+    // One more than a pool holds: the malloc after the pool's last block settles it.
+    for (size_t i = 0; i < capacity + 1; i++) blocks.push_back(Alloc(400));
     pm_pool *full = nullptr;
     for (void *p : blocks) {
         if (pm_pool_of(p)->free == nullptr) full = pm_pool_of(p);

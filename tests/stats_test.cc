@@ -291,7 +291,7 @@ void ExpectReportCloses(const Report &r) PM_GIL_REQUIRED {
 
     const auto &m = r.map_section;
     EXPECT_EQ(m.at("# arena map leaf nodes"), pm_counters.map_leaf_nodes);
-    EXPECT_EQ(m.at("# bytes lost to arena map root"), sizeof(pm_map_root));
+    EXPECT_EQ(m.at("# bytes lost to arena map root"), sizeof(pm_arena_map.leaf_offset));
     EXPECT_EQ(m.at("# bytes lost to arena map leaves"),
               m.at("# arena map leaf nodes") * sizeof(pm_map_leaf));
     EXPECT_EQ(m.at("Total"),
@@ -750,7 +750,7 @@ TEST(StatsExactLineTest, ArenaMapRootLine) {
     // One line checked byte for byte against an independent rendering.
     std::string text = PrintStats();
     char want[64];
-    size_t root = sizeof(pm_map_root);
+    size_t root = sizeof(pm_arena_map.leaf_offset);
     std::string digits = std::to_string(root), grouped;
     for (size_t i = 0; i < digits.size(); i++) {
         if (i > 0 && (digits.size() - i) % 3 == 0) grouped += ',';

@@ -28,10 +28,12 @@
  *   empty --malloc--> used --last free block taken--> full --a block freed--> used (back)
  *   used --last block freed--> empty (back to the arena)
  *
- * Invariant that the fast paths rely on: pool->free == NULL exactly when the pool is full, and
- * then PM_POOL_FULL is set in used_state. malloc keeps it by carving more blocks (or
- * unlinking the pool and setting the flag) when it takes the last free block; free finds
- * "was full" or "now empty" in one test of used_state.
+ * Invariants the fast paths rely on: PM_POOL_FULL is set in used_state exactly when the pool
+ * is full and on no list; a pool on a list has a free block, except that the head of a
+ * heap's list may have none (malloc took its last block and left it there). The next malloc
+ * that finds no block settles the head: it carves more blocks, or unlinks the pool and sets
+ * the flag (pm_heap_usable_head), so taking a block costs no "was that the last?" test.
+ * free finds "was full" or "now empty" in one test of used_state.
  *
  * Ownership. Every pool names its owner heap: the heap whose thread may pop and push its
  * free list without a lock. In GIL mode that is pm_main_heap for every pool; with per-thread
@@ -278,7 +280,17 @@ typedef struct pm_map_leaf {
     pm_map_entry chunk[PM_MAP_LEAF_LENGTH];
 } pm_map_leaf;
 
-extern pm_map_leaf *pm_map_root[PM_MAP_ROOT_LENGTH];
+/* The map: a root of leaves, each named by its offset from the map itself, so that an
+ * offset of 0 names `none`, a leaf of zeros that owns nothing. A zero-filled root (the map
+ * is static, in .bss) therefore needs no initialisation and never sends a lookup to NULL:
+ * the fast path adds an offset where it would otherwise test for a missing leaf (one
+ * instruction fewer, and no relocations that would dirty 256 KiB of root at start-up). */
+typedef struct pm_map {
+    pm_map_leaf none;
+    uintptr_t leaf_offset[PM_MAP_ROOT_LENGTH]; /* leaf address - map address; 0: none */
+} pm_map;
+
+extern pm_map pm_arena_map;
 
 /* The biased headers word for an arena's pools (see above). */
 static inline uintptr_t pm_map_headers_bias(const pm_arena *arena) {
@@ -287,18 +299,18 @@ static inline uintptr_t pm_map_headers_bias(const pm_arena *arena) {
 
 /* Finds the biased headers word for p's part of its chunk (see above); false when p is not
  * in one of our pools. Exact for any pointer: reads only the map, never the memory p points
- * at. `root` is pm_map_root, or a domain route's stand-in that owns nothing (see
+ * at. `map` is pm_arena_map, or a domain route's stand-in that owns nothing (see
  * pm_domain_route).
  *
  * The root index is masked rather than range-checked: only addresses at or above 2^48
  * (never ours) alias a lower chunk's entry, and those fail both tests, the low one because
  * every bound is below 2^48, the high one explicitly. So the common path (an aligned arena,
  * the low part) costs a shift, a mask, two loads, a compare and the headers load. */
-static inline bool pm_map_headers(pm_map_leaf *const *root, const void *p, uintptr_t *headers) {
+static inline bool pm_map_headers(const pm_map *map, const void *p, uintptr_t *headers) {
     uintptr_t address = (uintptr_t)p;
     uintptr_t root_index = (address >> (PM_ARENA_BITS + PM_MAP_LEAF_BITS)) & (PM_MAP_ROOT_LENGTH - 1);
-    const pm_map_leaf *leaf = (const pm_map_leaf *)pm_atomic_load_ptr_acquire(&root[root_index]);
-    if (leaf == NULL) return false;
+    const pm_map_leaf *leaf = (const pm_map_leaf *)((uintptr_t)map +
+        pm_atomic_load_size_acquire(&map->leaf_offset[root_index]));
     const pm_map_entry *entry = &leaf->chunk[(address >> PM_ARENA_BITS) & (PM_MAP_LEAF_LENGTH - 1)];
     if (__builtin_expect(address < pm_atomic_load_size_relaxed(&entry->low_end), 1)) {
         *headers = pm_atomic_load_size_relaxed(&entry->low_headers);
@@ -317,14 +329,14 @@ static inline pm_pool *pm_map_header_at(uintptr_t headers, const void *p) {
 }
 
 /* The header of the pool holding p, or NULL when p is not in one of our pools. */
-static inline pm_pool *pm_map_pool(pm_map_leaf *const *root, const void *p) {
+static inline pm_pool *pm_map_pool(const pm_map *map, const void *p) {
     uintptr_t headers;
-    return pm_map_headers(root, p, &headers) ? pm_map_header_at(headers, p) : NULL;
+    return pm_map_headers(map, p, &headers) ? pm_map_header_at(headers, p) : NULL;
 }
 
 /* The header of the pool holding p; NULL when p is not ours. */
 static inline pm_pool *pm_pool_of(const void *p) {
-    return pm_map_pool(pm_map_root, p);
+    return pm_map_pool(&pm_arena_map, p);
 }
 
 static inline bool pm_pymalloc_owns(const void *p) {
@@ -367,7 +379,7 @@ extern const pm_allocator pm_pymalloc_allocator;
  *                                       pm_bypass_heap while anything else is
  *   pm_thread_heaps[PM_ROUTE_PYMALLOC]  (per thread) the thread's own heap, whatever is
  *                                       installed: pymalloc's record and free's owner test
- *   pm_domain_routes[d].map_root        (global) the arena map while pymalloc is installed,
+ *   pm_domain_routes[d].map             (global) the arena map while pymalloc is installed,
  *                                       a stand-in that owns nothing while it is not
  *
  * The stand-ins never match: the bypass heap's lists all look full and the bypass map owns
@@ -379,13 +391,13 @@ extern const pm_allocator pm_pymalloc_allocator;
  * slow path. Other threads write a thread's mem/obj slots, so those are read with atomics;
  * the own-heap slot is written only by its thread. */
 typedef struct pm_domain_route {
-    pm_map_leaf *const *map_root;
+    const pm_map *map;
 } pm_domain_route;
 
 extern pm_domain_route pm_domain_routes[PM_DOMAIN_COUNT];
 extern pm_heap pm_bypass_heap;
 extern pm_heap pm_unattached_heap;
-extern pm_map_leaf *const pm_bypass_map_root[PM_MAP_ROOT_LENGTH];
+extern pm_map pm_bypass_map;
 
 /* `route` names the caller: PM_DOMAIN_MEM or PM_DOMAIN_OBJ for the public entry points, or
  * PM_ROUTE_PYMALLOC for pymalloc's own record (called through a table, e.g. by a hook).
@@ -420,7 +432,6 @@ void pm_domain_route_update(pm_domain domain, const pm_allocator *installed);
 /* nbytes first: it arrives in the first argument register and stays there for the tail
  * call, so the fast path moves nothing. */
 void *pm_pymalloc_malloc_slow(size_t nbytes, pm_heap *heap, int route);
-void *pm_pymalloc_pool_exhausted(pm_pool *pool, pm_block *block);
 void pm_pymalloc_free_slow(pm_pool *pool);
 void pm_pymalloc_free_unowned(void *p, int route);
 void pm_pymalloc_free_other_heap(pm_pool *pool, void *p);
@@ -436,6 +447,14 @@ void pm_outbox_flush(pm_heap *heap);
 void pm_pool_prepare(pm_pool *pool, unsigned size_class);
 bool pm_pool_carve(pm_pool *pool); /* free list empty: carve the next page's blocks */
 void *pm_pool_pop_first(pm_pool *pool);
+/* A pool whose free list is empty (malloc took its last block and left it at the head of
+ * its list: exhaustion is noticed by the next malloc, not by this one): carve more blocks
+ * if it has any left, else mark it full. Returns true when it is full; false when it has a
+ * free block (it may have had one all along). The caller owns the pool. */
+bool pm_pool_settle(pm_pool *pool);
+/* The head of `heap`'s list for the class, after settling it: a full head is unlinked (and
+ * the next pool, which has free blocks, returned). &pm_no_pool when the list is empty. */
+pm_pool *pm_heap_usable_head(pm_heap *heap, unsigned size_class);
 void pm_heap_push_front(pm_heap *heap, pm_pool *pool);
 void pm_heap_push_back(pm_heap *heap, pm_pool *pool);
 void pm_heap_unlink(pm_heap *heap, pm_pool *pool);
@@ -452,18 +471,17 @@ void pm_stats_print_on_new_arena(void);
 void pm_stats_print_unchecked(FILE *out);
 
 /* malloc's fast path: pop the first free block of the class's first used pool. The only
- * test that leaves it is "no free block", which also covers an empty list (&pm_no_pool), the
- * bypass and unattached heaps, and sizes pymalloc does not serve. The exhausted-pool exit is
- * a tail call, so the function needs no stack frame. */
+ * test that leaves it is "no free block", which also covers an exhausted head pool (taking
+ * the last block does not look at what is left: the next malloc finds out, and carves or
+ * unlinks, see pm_heap_usable_head), an empty list (&pm_no_pool), the bypass and unattached
+ * heaps, and sizes pymalloc does not serve. */
 static inline void *pm_pymalloc_malloc_inline(pm_heap *heap, size_t nbytes, int route) {
     if (__builtin_expect(nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD, 1)) {
         pm_pool *pool = heap->used[pm_size_class(nbytes)];
         pm_block *block = pool->free;
         if (__builtin_expect(block != NULL, 1)) {
-            pm_block *next = block->next;
-            pool->free = next;
+            pool->free = block->next;
             pool->used_state++;
-            if (__builtin_expect(next == NULL, 0)) return pm_pymalloc_pool_exhausted(pool, block);
             return block;
         }
     }
@@ -494,9 +512,9 @@ static inline void pm_pool_free_block(pm_pool *pool, pm_block *block) {
 
 /* free's fast path: the map says whether p is ours; a block of a pool this thread owns goes
  * on the pool's free list; one of another heap's pool goes to that heap's remote list. */
-static inline void pm_pymalloc_free_inline(pm_map_leaf *const *map_root, void *p, int route) {
+static inline void pm_pymalloc_free_inline(const pm_map *map, void *p, int route) {
     uintptr_t headers;
-    if (__builtin_expect(!pm_map_headers(map_root, p, &headers), 0)) {
+    if (__builtin_expect(!pm_map_headers(map, p, &headers), 0)) {
         pm_pymalloc_free_unowned(p, route);
         return;
     }
