@@ -47,8 +47,8 @@
  * listed in place of another show up except with probability about 2^-64 (belt and
  * braces now that only carved pools' headers pass as listed pools).
  *
- * Cost: O(arenas + carved pools + free blocks + listed pools x descriptor slabs). Run it in tests and debug builds, not on a
- * hot path. Contract: the GIL is held, as for every other walk of pymalloc's structures;
+ * Cost: O(arenas + carved pools + free blocks + listed pools x descriptor slabs). Run it in
+ * tests and debug builds, not on a hot path. Contract: the GIL is held, as for every other walk of pymalloc's structures;
  * with thread caches, other threads are quiescent (not inside a mem or object call, with a
  * happens-before edge to this one: joined, or waiting on a barrier). The registry and pool
  * locks are held during the walk so that attach, detach and refills cannot run.
@@ -262,10 +262,10 @@ static void check_arena(const pm_arena *arena, void *arg) {
     }
     for (uint32_t i = 0; i < total; i++) {
         const pm_pool *pool = &arena->pools[i];
-        if (pool->memory != first + (uintptr_t)i * PM_POOL_SIZE || pm_pool_of((void *)pool->memory) != pool) {
+        uintptr_t memory = first + (uintptr_t)i * PM_POOL_SIZE;
+        if (pool->memory != memory || pm_pool_of((void *)memory) != pool) {
             fail(walk, "arena %p: header %u (%p) describes pool memory %p, expected %p", at, i,
-                 (const void *)pool, (const void *)pool->memory,
-                 (const void *)(first + (uintptr_t)i * PM_POOL_SIZE));
+                 (const void *)pool, (const void *)pool->memory, (const void *)memory);
             return;
         }
     }

@@ -4,12 +4,14 @@
  * domains use by default.
  *
  * Fast paths (inline, in the header): malloc pops the head of the class's first used pool;
- * free pushes onto the block's own pool after the arena map says the pointer is ours. malloc
- * leaves it when there is no free block or it took the last one; free when the pointer is not
- * ours or one test of used_state says "was full or is now empty". Everything else is here:
+ * free pushes onto the block's own pool after the arena map says the pointer is ours and
+ * names its header. malloc leaves it when there is no free block; free when the pointer is
+ * not ours or one test of used_state says "was full or is now empty". Everything else is
+ * here:
  *
  *   malloc, list empty        take an empty pool from the arenas, make it the list head
- *   malloc took the last one  carve more blocks, or unlink the pool: it is full
+ *   malloc, head exhausted    carve more blocks, or unlink the pool: it is full (the
+ *                             malloc that took the last block left it at the head)
  *   free into a full pool     put the pool back at the back of its list
  *   free of the last block    unlink the pool and give it back to its arena
  *   0 or > 512 bytes          the raw domain, through its current allocator
@@ -55,7 +57,7 @@
  * load) instead of from masking the pointer. That cost the 64-byte malloc+free pair 6
  * instructions, won back by a root that never holds NULL (pymalloc.h, pm_map) and by
  * malloc no longer testing for the last block (pm_heap_usable_head): 38 again. What stays
- * is latency: in the pair's pure dependency chain 3.8 -> 8.5 ns; CPython's own programs
+ * is latency: in the pair's pure dependency chain 3.8 -> 8.5-8.8 ns; CPython's own programs
  * (tools/bench/workloads, run under //tools:pmpython) take the same time as before,
  * 0.998-1.008x, because real code does work between a free and the next malloc.
  */

@@ -25,11 +25,11 @@
  * used list for its class), *full* (no free block: on no list) or *empty* (no block handed
  * out: on its arena's free-pool list). Transitions:
  *
- *   empty --malloc--> used --last free block taken--> full --a block freed--> used (back)
+ *   empty --malloc--> used --last block taken, then settled--> full --a block freed--> used (back)
  *   used --last block freed--> empty (back to the arena)
  *
- * Invariants the fast paths rely on: PM_POOL_FULL is set in used_state exactly when the pool
- * is full and on no list; a pool on a list has a free block, except that the head of a
+ * Invariants the fast paths rely on: PM_POOL_FULL is set in used_state only on a full pool,
+ * which is then on no list; a pool on a list has a free block, except that the head of a
  * heap's list may have none (malloc took its last block and left it there). The next malloc
  * that finds no block settles the head: it carves more blocks, or unlinks the pool and sets
  * the flag (pm_heap_usable_head), so taking a block costs no "was that the last?" test.
