@@ -231,9 +231,8 @@ static void *malloc_from_new_pool(pm_heap *heap, unsigned size_class) {
     return pm_pool_pop_first(pool);
 }
 
-void *pm_pymalloc_malloc_slow(size_t nbytes, pm_heap *heap, int route) {
-    /* The commonest way here in steady state: the head pool was exhausted by the previous
-     * malloc of the class. The stand-in heaps never get this far: their lists are empty. */
+/* Everything malloc's slow path does but its commonest case (below). */
+static __attribute__((noinline)) void *malloc_slower(size_t nbytes, pm_heap *heap, int route) {
     if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD) {
         unsigned size_class = (unsigned)pm_size_class(nbytes);
         pm_pool *head = heap->used[size_class];
@@ -255,6 +254,27 @@ void *pm_pymalloc_malloc_slow(size_t nbytes, pm_heap *heap, int route) {
     void *p = pm_raw_malloc(nbytes); /* refuses sizes above PTRDIFF_MAX itself */
     if (p != NULL) pm_raw_blocks_add();
     return p;
+}
+
+/* The commonest way here in steady state: the previous malloc of the class took the last
+ * block of the head pool, which has nothing left to carve. It is unlinked and marked full
+ * here, and the next pool serves, with no call and so no stack frame. The stand-in heaps
+ * never match: their lists are empty. Anything else goes on to malloc_slower. */
+void *pm_pymalloc_malloc_slow(size_t nbytes, pm_heap *heap, int route) {
+    if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD) {
+        unsigned size_class = (unsigned)pm_size_class(nbytes);
+        pm_pool *head = heap->used[size_class];
+        pm_pool *next = head->next;
+        if (head != &pm_no_pool && head->free == NULL && next != NULL &&
+            head->carve_offset + pm_class_block_size(size_class) > PM_POOL_SIZE) {
+            head->used_state |= PM_POOL_FULL;
+            head->next = NULL;
+            next->prev = NULL;
+            heap->used[size_class] = next;
+            return pm_pool_pop_first(next);
+        }
+    }
+    return malloc_slower(nbytes, heap, route);
 }
 
 /* free's fast path found used_state <= 0: the pool was full, or is now empty, or both (a
