@@ -200,21 +200,24 @@ bool pm_pool_settle(pm_pool *pool) {
     return true;
 }
 
-/* pm_heap_usable_head for a list that is not empty. */
-static inline pm_pool *settle_head(pm_heap *heap, pm_pool *head, unsigned size_class) {
-    if (!pm_pool_settle(head)) return head;
-    /* Full: off the list until a block comes back. Only the head is ever popped, so the
-     * next pool has free blocks. */
+/* Takes the head, just marked full, off its list until a block comes back; returns the new
+ * head. Only the head is ever popped, so the next pool has free blocks. */
+static inline pm_pool *unlink_full_head(pm_heap *heap, pm_pool *head, unsigned size_class) {
     pm_pool *next = head->next;
+    head->next = NULL;
     if (next != NULL) {
         heap->used[size_class] = next;
         next->prev = NULL;
-    } else {
-        heap->used[size_class] = &pm_no_pool;
-        heap->used_last[size_class] = NULL;
+        return next;
     }
-    head->next = NULL;
-    return next != NULL ? next : &pm_no_pool;
+    heap->used[size_class] = &pm_no_pool;
+    heap->used_last[size_class] = NULL;
+    return &pm_no_pool;
+}
+
+/* pm_heap_usable_head for a list that is not empty. */
+static inline pm_pool *settle_head(pm_heap *heap, pm_pool *head, unsigned size_class) {
+    return pm_pool_settle(head) ? unlink_full_head(heap, head, size_class) : head;
 }
 
 pm_pool *pm_heap_usable_head(pm_heap *heap, unsigned size_class) {
@@ -257,21 +260,18 @@ static __attribute__((noinline)) void *malloc_slower(size_t nbytes, pm_heap *hea
 }
 
 /* The commonest way here in steady state: the previous malloc of the class took the last
- * block of the head pool, which has nothing left to carve. It is unlinked and marked full
- * here, and the next pool serves, with no call and so no stack frame. The stand-in heaps
- * never match: their lists are empty. Anything else goes on to malloc_slower. */
+ * block of the head pool, which has nothing left to carve and is not the only pool. It is
+ * marked full and unlinked here, and the next pool serves, with no call and so no stack
+ * frame. Anything else goes on to malloc_slower. */
 void *pm_pymalloc_malloc_slow(size_t nbytes, pm_heap *heap, int route) {
     if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD) {
         unsigned size_class = (unsigned)pm_size_class(nbytes);
         pm_pool *head = heap->used[size_class];
-        pm_pool *next = head->next;
-        if (head != &pm_no_pool && head->free == NULL && next != NULL &&
+        /* pm_no_pool's next is NULL, so a stand-in's empty list fails the test below. */
+        if (head->free == NULL && head->next != NULL &&
             head->carve_offset + pm_class_block_size(size_class) > PM_POOL_SIZE) {
             head->used_state |= PM_POOL_FULL;
-            head->next = NULL;
-            next->prev = NULL;
-            heap->used[size_class] = next;
-            return pm_pool_pop_first(next);
+            return pm_pool_pop_first(unlink_full_head(heap, head, size_class));
         }
     }
     return malloc_slower(nbytes, heap, route);
