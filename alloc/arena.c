@@ -296,15 +296,9 @@ static pm_arena *new_arena(void) {
     uintptr_t address = (uintptr_t)memory;
     uintptr_t first = (address + PM_POOL_MASK) & ~(uintptr_t)PM_POOL_MASK;
     uint32_t total = (uint32_t)((address + PM_ARENA_SIZE - first) / PM_POOL_SIZE);
-    arena->pools_start = first;
-    arena->total_pools = total;
-    if (!map_update(arena, first, first + (uintptr_t)total * PM_POOL_SIZE, true)) {
-        allocator.free(allocator.ctx, memory, PM_ARENA_SIZE);
-        descriptor_put(arena);
-        return NULL;
-    }
     /* A reused descriptor still holds the headers of the arena it described before: none
-     * of them may claim a block of this one. */
+     * of them may claim a block of this one, and all are ready before the map says that
+     * a block is ours. */
     for (uint32_t i = 0; i < total; i++) {
         pm_pool *pool = &arena->pools[i];
         pool->free = NULL;
@@ -315,6 +309,13 @@ static pm_arena *new_arena(void) {
         pool->next = pool->prev = NULL;
         pool->arena = arena;
         pool->memory = first + (uintptr_t)i * PM_POOL_SIZE;
+    }
+    arena->pools_start = first;
+    arena->total_pools = total;
+    if (!map_update(arena, first, first + (uintptr_t)total * PM_POOL_SIZE, true)) {
+        allocator.free(allocator.ctx, memory, PM_ARENA_SIZE);
+        descriptor_put(arena);
+        return NULL;
     }
     arena->address = address;
     arena->allocator = allocator;

@@ -325,6 +325,7 @@ TEST_F(HeapCheckTest, DetectsEmptyFreeListInAPoolThatIsNotFull) {
 TEST_F(HeapCheckTest, AcceptsAnExhaustedListHeadUntilTheNextMallocSettlesIt) {
     GilScope gil;
     const unsigned size_class = static_cast<unsigned>(pm_size_class(464));  // class 28
+    ASSERT_EQ(pm_main_heap.used[size_class], &pm_no_pool) << "the class must start empty";
     std::vector<void *> blocks;
     blocks.push_back(Alloc(464));
     pm_pool *pool = pm_pool_of(blocks[0]);
