@@ -117,8 +117,12 @@ size_t pm_arena_size(void) {
 
 enum { DESCRIPTOR_SLAB_BYTES = 64 * 1024 };
 
-static pm_arena *unused_descriptors;  /* linked through next */
+static pm_arena *unused_descriptors;  /* given back, linked through next */
 static pm_arena *all_descriptors;     /* linked through all_next; never shrinks */
+/* The newest slab's descriptors that were never handed out: [fresh_next, fresh_end). They
+ * are left untouched until needed, so a slab costs resident memory only for the
+ * descriptors in use (linking a whole slab at once faulted in all 64 KiB of it). */
+static pm_arena *fresh_next, *fresh_end;
 
 enum { DESCRIPTORS_PER_SLAB = DESCRIPTOR_SLAB_BYTES / sizeof(pm_arena) };
 static_assert(DESCRIPTORS_PER_SLAB >= 1, "a slab holds a descriptor");
@@ -147,23 +151,24 @@ static bool slab_register(pm_arena *slab) {
 }
 
 static pm_arena *descriptor_get(void) {
-    if (unused_descriptors == NULL) {
+    pm_arena *arena = unused_descriptors;
+    if (arena != NULL) {
+        unused_descriptors = arena->next;
+        return arena;
+    }
+    if (fresh_next == fresh_end) {
         pm_arena *slab = map_anonymous(DESCRIPTOR_SLAB_BYTES);
         if (slab == NULL) return NULL;
         if (!slab_register(slab)) {
             munmap(slab, DESCRIPTOR_SLAB_BYTES);
             return NULL;
         }
-        size_t count = DESCRIPTORS_PER_SLAB;
-        for (size_t i = 0; i < count; i++) {
-            slab[i].next = unused_descriptors;
-            unused_descriptors = &slab[i];
-            slab[i].all_next = all_descriptors;
-            all_descriptors = &slab[i];
-        }
+        fresh_next = slab;
+        fresh_end = slab + DESCRIPTORS_PER_SLAB;
     }
-    pm_arena *arena = unused_descriptors;
-    unused_descriptors = arena->next;
+    arena = fresh_next++;
+    arena->all_next = all_descriptors;
+    all_descriptors = arena;
     return arena;
 }
 

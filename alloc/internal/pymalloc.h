@@ -474,13 +474,22 @@ void pm_stats_print_unchecked(FILE *out);
  * test that leaves it is "no free block", which also covers an exhausted head pool (taking
  * the last block does not look at what is left: the next malloc finds out, and carves or
  * unlinks, see pm_heap_usable_head), an empty list (&pm_no_pool), the bypass and unattached
- * heaps, and sizes pymalloc does not serve. */
+ * heaps, and sizes pymalloc does not serve.
+ *
+ * The new first block is prefetched for writing. It is usually cold (freed into this pool
+ * long ago), and the next malloc of the class, typically dozens of calls later, reads its
+ * link and its caller writes it: without the prefetch that read was a demand miss on every
+ * churn step, which tcmalloc avoids by handing out its most recently freed block. One
+ * instruction on the pair (39); churn 34.0 -> 31.0 ns a step (medians of 21 interleaved
+ * runs; tcmalloc 33.6). */
 static inline void *pm_pymalloc_malloc_inline(pm_heap *heap, size_t nbytes, int route) {
     if (__builtin_expect(nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD, 1)) {
         pm_pool *pool = heap->used[pm_size_class(nbytes)];
         pm_block *block = pool->free;
         if (__builtin_expect(block != NULL, 1)) {
-            pool->free = block->next;
+            pm_block *next = block->next;
+            pool->free = next;
+            __builtin_prefetch(next, 1);
             pool->used_state++;
             return block;
         }

@@ -92,10 +92,14 @@
  * counted too. Outside valgrind the client requests
  * are a few no-op instructions outside the timed loops.
  *
- * Memory. RSS from /proc/self/statm, read with open/read (fopen would allocate through the
- * allocator being measured). The benchmark's own arrays are mmap'd and pre-faulted before
- * the first reading, so RSS deltas are the allocator's alone. Every result also carries the
- * process's peak RSS (getrusage ru_maxrss) and the RSS just before the kernel ran.
+ * Memory. Anonymous RSS (resident minus file-backed and shared pages) from /proc/self/statm,
+ * read with open/read (fopen would allocate through the allocator being measured): the
+ * heap's memory, without the library code a first call happens to page in (64 KiB of the
+ * C library's text showed up in one pymalloc-mt rss32 round, where CPython's interpreter
+ * had paged the same code in during start-up). The benchmark's own arrays are mmap'd and
+ * pre-faulted before the first reading, so deltas are the allocator's alone. Every result
+ * also carries the process's peak RSS (getrusage ru_maxrss, all pages) and the RSS just
+ * before the kernel ran.
  */
 #define _GNU_SOURCE /* RTLD_DEFAULT */
 
@@ -323,9 +327,10 @@ static int64_t rss_kib(void) {
     close(fd);
     if (n <= 0) return -1;
     buf[n] = '\0';
-    unsigned long long size_pages = 0, resident_pages = 0;
-    if (sscanf(buf, "%llu %llu", &size_pages, &resident_pages) != 2) return -1;
-    return (int64_t)(resident_pages * (unsigned long long)sysconf(_SC_PAGESIZE) / 1024);
+    unsigned long long size_pages = 0, resident_pages = 0, shared_pages = 0;
+    if (sscanf(buf, "%llu %llu %llu", &size_pages, &resident_pages, &shared_pages) != 3) return -1;
+    unsigned long long anonymous_pages = resident_pages - shared_pages;
+    return (int64_t)(anonymous_pages * (unsigned long long)sysconf(_SC_PAGESIZE) / 1024);
 }
 
 /* splitmix64: fast, good enough for sizes and indices, and reproducible from the seed. */
@@ -532,6 +537,11 @@ __attribute__((noinline)) static void kernel_batch(const run *r, int rounds, uin
                                      : random_sizes(count, 1, 512);
         inputs[k].free_order = random_permutation(count);
     }
+    /* One block allocated and freed before the start: every allocator's code is paged in
+     * and its first-use set-up done, as CPython's already were during its start-up, so that
+     * the growth measured is the blocks' memory (for pymalloc-mt, the cold start alone
+     * faulted in about 90 KiB of code and set-up). */
+    r->ops->free(r->ops->malloc(inputs[0].sizes[0]));
     int64_t rss_start = rss_kib();
     int64_t rss_peak = rss_start;
     span first = {0, 0}, later = {0, 0};

@@ -604,8 +604,10 @@ def main():
                + (" With --quick, only the kernels " + ", ".join(k.name for k in cg_kernels)
                   + " are counted." if opts.quick else "")
                if use_callgrind else "- instr: not measured (--no-callgrind).")
-    out.append("- RSS: growth over the RSS at the start of the kernel (the bench's own arrays "
-               "are mapped before), from /proc/self/statm. Process peak RSS: getrusage "
+    out.append("- RSS: growth of anonymous RSS (resident minus file-backed pages, from "
+               "/proc/self/statm) over its value at the start of the kernel, after the bench's "
+               "own arrays are mapped and one warm-up block was allocated and freed, so library "
+               "code paged in by a first call is not counted. Process peak RSS: getrusage "
                "ru_maxrss of the whole process, the bench's own arrays included (the same for "
                "every row of a kernel) and, for CPython rows, the interpreter's start-up.")
     for kernel in kernels:
@@ -677,8 +679,8 @@ def main():
     live_pm = med("rss32", pm_rss32, "rss_live_kib")
     live_cp = med("rss32", CPYTHON.label, "rss_live_kib")
     if live_pm is not None and live_cp is not None:
-        targets.append(f"| rss32 RSS while live ≤ CPython's | {live_pm / 1024:.1f} MiB "
-                       f"(CPython {live_cp / 1024:.1f}) | {verdict(live_pm <= live_cp)} |")
+        targets.append(f"| rss32 RSS while live ≤ CPython's | {live_pm:,.0f} KiB "
+                       f"(CPython {live_cp:,.0f}) | {verdict(live_pm <= live_cp)} |")
     for label in (pm_rss32, RESERVE_ROWS[0].label):
         end = med("rss32", label, "rss_end_kib")
         if end is not None:
