@@ -25,8 +25,8 @@
  *     exactly that many. A terminating list of distinct empty pools whose length equals the number
  *     of empty pools is the set of empty pools: nothing empty is lost, nothing else listed.
  *  4. pm_no_pool (the head of every empty used list) is still all zeros; every list of
- *     the stand-in heaps (bypass, unattached) is empty; for every heap (main, shared, each
- *     thread heap), each of its 32 used lists is NULL-terminated with consistent prev
+ *     the stand-in heaps (bypass, sampling, unattached) is empty; for every heap (main,
+ *     shared, each thread heap), each of its 32 used lists is NULL-terminated with consistent prev
  *     links and tail, holds only headers of carved pools whose headers say "used, not
  *     full, this class, this heap"; a thread heap's stash holds only its empty pools, as
  *     many per class as it counts. Over all heaps, each class's used lists have the same
@@ -509,6 +509,7 @@ static const char *heap_check_locked(void) {
     pm_arena_for_each(check_arena, &walk);
     if (walk.failure == NULL) check_no_pool(&walk);
     if (walk.failure == NULL) check_sentinel_heap(&walk, &pm_bypass_heap, "bypass");
+    if (walk.failure == NULL) check_sentinel_heap(&walk, &pm_sampling_heap, "sampling");
     if (walk.failure == NULL) check_sentinel_heap(&walk, &pm_unattached_heap, "unattached");
     if (walk.failure == NULL) pm_for_each_heap(check_heap, &walk);
     char what[32];

@@ -66,6 +66,7 @@
 #include "alloc/internal/domain.h"
 #include "alloc/internal/fatal.h"
 #include "alloc/internal/pymalloc.h"
+#include "alloc/internal/trace.h"
 
 pm_pool pm_no_pool; /* free == NULL: an empty list's head looks full */
 
@@ -167,6 +168,7 @@ void *pm_pool_pop_first(pm_pool *pool) {
 /* ---- routes -------------------------------------------------------------------------- */
 
 pm_heap pm_bypass_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SENTINEL};
+pm_heap pm_sampling_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SENTINEL};
 pm_heap pm_unattached_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SENTINEL};
 /* Every leaf offset 0, so every lookup reads `none`. Never written, yet not const: a const
  * object of 1.25 MiB of zeros would be stored in the binary (.rodata); this one is .bss. */
@@ -248,7 +250,7 @@ static __attribute__((noinline)) void *malloc_slower(size_t nbytes, pm_heap *hea
         if (pm_thread_attach() == NULL) return NULL;
         return pm_pymalloc_malloc_inline(pm_route_heap(route), nbytes, route);
     }
-    if (heap == &pm_bypass_heap) return malloc_through_table(nbytes, route);
+    if (heap == &pm_bypass_heap || heap == &pm_sampling_heap) return malloc_through_table(nbytes, route);
     if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD) {
         unsigned size_class = (unsigned)pm_size_class(nbytes);
         if (heap->kind == PM_HEAP_THREAD) return pm_thread_cache_refill(heap, size_class);
@@ -259,12 +261,32 @@ static __attribute__((noinline)) void *malloc_slower(size_t nbytes, pm_heap *hea
     return p;
 }
 
+/* The tracer samples over pymalloc (the domain's route is pm_sampling_heap): charge the
+ * countdown and, unless it ran out or a hook is running on this thread, serve the request
+ * from the thread's own heap. Frameless, and apart from pm_pymalloc_malloc_slow so that
+ * it stays frameless too: going through the hook (two indirect calls and their frames)
+ * cost 1.5x on churn. */
+static __attribute__((noinline)) void *malloc_sampling(size_t nbytes, int route) {
+    struct pm_trace_gate *gate = &pm_trace_gate;
+    if (__builtin_expect(gate->depth == 0, 1) &&
+        __builtin_expect((gate->countdown -= (int64_t)nbytes) > 0, 1)) {
+        /* The fast path without its size test (the caller made it). */
+        pm_heap *heap = pm_own_heap();
+        pm_pool *pool = heap->used[pm_size_class(nbytes)];
+        pm_block *block = pool->free;
+        if (__builtin_expect(block != NULL, 1)) return pm_pool_take(pool, block);
+        return pm_pymalloc_malloc_slow(nbytes, heap, PM_ROUTE_PYMALLOC);
+    }
+    return pm_trace_sampled_malloc(nbytes, route);
+}
+
 /* The commonest way here in steady state: the previous malloc of the class took the last
  * block of the head pool, which has nothing left to carve and is not the only pool. It is
  * marked full and unlinked here, and the next pool serves, with no call and so no stack
  * frame. Anything else goes on to malloc_slower. */
 void *pm_pymalloc_malloc_slow(size_t nbytes, pm_heap *heap, int route) {
     if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD) {
+        if (heap == &pm_sampling_heap) return malloc_sampling(nbytes, route);
         unsigned size_class = (unsigned)pm_size_class(nbytes);
         pm_pool *head = heap->used[size_class];
         /* pm_no_pool's next is NULL, so a stand-in's empty list fails the test below. */
@@ -425,5 +447,44 @@ const pm_allocator pm_pymalloc_allocator = {
     .malloc = pymalloc_malloc,
     .calloc = pm_pymalloc_calloc,
     .realloc = pm_pymalloc_realloc,
+    .free = pymalloc_free,
+};
+
+/* ---- the unpooled record: new blocks from the raw domain ----------------------------- */
+
+/* Blocks handed out here are the kind pymalloc hands out for 0 or more than 512 bytes:
+ * from the raw domain, counted in raw_allocated_blocks, freed by pymalloc's free. */
+static void *unpooled_malloc(void *ctx, size_t nbytes) {
+    (void)ctx;
+    void *p = pm_raw_malloc(nbytes);
+    if (p != NULL) pm_raw_blocks_add();
+    return p;
+}
+
+static void *unpooled_calloc(void *ctx, size_t nelem, size_t elsize) {
+    (void)ctx;
+    void *p = pm_raw_calloc(nelem, elsize);
+    if (p != NULL) pm_raw_blocks_add();
+    return p;
+}
+
+/* A pool block moves out of its pool whatever the new size; a raw block stays raw. */
+static void *unpooled_realloc(void *ctx, void *p, size_t nbytes) {
+    if (p == NULL) return unpooled_malloc(ctx, nbytes);
+    pm_pool *pool = pm_pool_of(p);
+    if (pool == NULL) return pm_raw_realloc(p, nbytes);
+    size_t size = pm_class_block_size(pool->size_class);
+    void *q = unpooled_malloc(ctx, nbytes);
+    if (q == NULL) return NULL; /* p untouched and still valid */
+    memcpy(q, p, nbytes < size ? nbytes : size);
+    pm_pymalloc_free_inline(&pm_arena_map, p, PM_ROUTE_PYMALLOC);
+    return q;
+}
+
+const pm_allocator pm_pymalloc_unpooled_allocator = {
+    .ctx = NULL,
+    .malloc = unpooled_malloc,
+    .calloc = unpooled_calloc,
+    .realloc = unpooled_realloc,
     .free = pymalloc_free,
 };

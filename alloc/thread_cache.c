@@ -56,8 +56,10 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "alloc/internal/domain.h"
 #include "alloc/internal/fatal.h"
 #include "alloc/internal/pymalloc.h"
+#include "alloc/internal/trace.h"
 
 #define ALL_LISTS_EMPTY {[0 ... PM_NUM_CLASSES - 1] = &pm_no_pool}
 
@@ -163,7 +165,9 @@ void pm_heap_walk_unlock(void) PM_NO_THREAD_SAFETY_ANALYSIS {
 pm_heap *pm_thread_heaps_registry; /* push-front, published with release; never shrinks */
 static size_t attached_threads; /* written under the registry lock; read without it */
 static bool threading_frozen;            /* a thread has attached: pm_init may not run */
-static bool route_installed[PM_DOMAIN_COUNT] = {false, true, true}; /* pymalloc in d? */
+/* What serves each domain's malloc (see the routes in alloc/internal/pymalloc.h). */
+typedef enum route_kind { ROUTE_TABLE, ROUTE_PYMALLOC, ROUTE_SAMPLING } route_kind;
+static route_kind route_kinds[PM_DOMAIN_COUNT] = {ROUTE_TABLE, ROUTE_PYMALLOC, ROUTE_PYMALLOC};
 static pthread_key_t heap_key;
 static pthread_once_t heap_key_once = PTHREAD_ONCE_INIT;
 
@@ -206,7 +210,11 @@ static void make_heap_key(void) {
 }
 
 static pm_heap *route_target(pm_heap *own, int domain) {
-    return route_installed[domain] ? own : &pm_bypass_heap;
+    switch (route_kinds[domain]) {
+    case ROUTE_PYMALLOC: return own;
+    case ROUTE_SAMPLING: return &pm_sampling_heap;
+    default: return &pm_bypass_heap;
+    }
 }
 
 pm_heap *pm_thread_attach(void) {
@@ -241,17 +249,24 @@ pm_heap *pm_thread_attach(void) {
 
 void pm_domain_route_update(pm_domain domain, const pm_allocator *installed) {
     if (domain == PM_DOMAIN_RAW) return;
-    bool ours = installed == &pm_pymalloc_allocator;
+    route_kind kind = installed == &pm_pymalloc_allocator           ? ROUTE_PYMALLOC
+                      : pm_trace_samples_over_pymalloc(installed) ? ROUTE_SAMPLING
+                                                                  : ROUTE_TABLE;
     registry_lock();
-    route_installed[domain] = ours;
+    route_kinds[domain] = kind;
     pm_atomic_store_ptr_relaxed(&pm_domain_routes[domain].map,
-                                ours ? &pm_arena_map : &pm_bypass_map);
+                                kind != ROUTE_TABLE ? &pm_arena_map : &pm_bypass_map);
     for (pm_heap *h = pm_thread_heaps_registry; h != NULL; h = h->registry_next) {
         if (!heap_attached(h)) continue;
         pm_heap *own = pm_threading.caches ? h : &pm_main_heap;
         pm_atomic_store_ptr_relaxed(&h->slots[domain], route_target(own, domain));
     }
     registry_unlock();
+}
+
+void pm_domain_routes_refresh(void) {
+    pm_domain_route_update(PM_DOMAIN_MEM, pm_domain_current(PM_DOMAIN_MEM));
+    pm_domain_route_update(PM_DOMAIN_OBJ, pm_domain_current(PM_DOMAIN_OBJ));
 }
 
 /* ---- bounds -------------------------------------------------------------------------- */

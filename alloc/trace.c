@@ -80,6 +80,21 @@
  * unsampled call is a thread-local subtract and compare; it still counts as the outermost
  * call, so pymalloc's fall-back to raw inside it is neither sampled nor charged again.
  *
+ * Sampling over pymalloc. A hook alone costs more than the 1.1x that sampling may cost
+ * (see Cost), so while a sampling session's hook sits directly over pymalloc in mem or
+ * object, pymalloc serves the domain itself and the hook is only the way in for what is
+ * sampled. The hook's sampled calls take their new blocks from the raw domain
+ * (hook_ctx.sampled: pm_pymalloc_unpooled_allocator), so no pool block is ever traced
+ * while sampling. Then free's fast path may take pool blocks without asking the tracer
+ * (the domain's route keeps the arena map; a sampled block, not in a pool, still reaches
+ * the hook through free's slow path), and malloc's slow path charges the countdown in
+ * the thread's gate (pm_trace_gate, shared with pymalloc) and calls
+ * pm_trace_sampled_malloc only when it runs out. Routes follow the mode: start stores it
+ * before installing the hooks, so a full session's frees reach the hook before its first
+ * trace exists, and stop clears it last. One consequence: a pool block tracked by hand
+ * (pm_trace_track) in domain mem or object while sampling is not untracked by its free
+ * (tracemalloc's track is meant for memory its allocators did not hand out).
+ *
  * Native tracebacks. backtrace(3), then skip the tracer's own frames and the library's
  * entry point. How many that is depends on inlining, so start calibrates it: a probe
  * records its own stack, allocates through each domain and operation, and the hook finds
@@ -90,9 +105,14 @@
  * counts from callgrind). With pool headers out of the pools the untraced step takes 33-38
  * ns and 119 instructions. Any hook at all costs 1.35-1.45x (+28 instructions, +14-19 ns a
  * step), because pymalloc's inline paths are bypassed while one is installed. Sampling at
- * the default rate costs 1.4-1.5x: +46 instructions a step over a pass-through hook (the
- * countdown on malloc, a filter bit on free), a few ns; 1.1x is below the floor of any
- * hook, and would take sampling inside pymalloc's own fast path. Full tracing with one
+ * the default rate cost 1.4-1.7x through the hook (+46 instructions a step over a
+ * pass-through hook: the countdown on malloc, a filter bit on free). Over pymalloc's
+ * sampling route it costs 1.14x (median of 15 rounds; 1.15x with no sample ever taken,
+ * so the route itself is the cost): free's path is untouched, and malloc leaves its fast
+ * path for a frameless one that charges the countdown and pops from the thread's heap,
+ * about 18 instructions more. Getting to 1.1x would take the countdown into malloc's own
+ * fast path, two instructions on every untraced pair (issue #3 allows 40; it takes 39).
+ * Full tracing with one
  * provider frame costs 6.2-7.1x, +544 instructions and +210-230 ns a step (8.1-9.3x and
  * +681 before the cheap paths: the traceback cache, no filter, prefetch, frameless hooks;
  * on the older pymalloc, whose step took 50 ns, 3.8-4.3x against 5.3x). What dominates is
@@ -199,6 +219,10 @@ typedef struct hook_ctx {
      * for mem and object over pymalloc (it serves them from its pools), else none. */
     size_t leaf_limit;
     pm_allocator wrapped;
+    /* What a sampling session's sampled calls use: pymalloc's unpooled record over pymalloc
+     * (so that no pool block is traced, and pool blocks can be freed without the hook: see
+     * pm_trace_samples_over_pymalloc), `wrapped` itself over anything else. */
+    const pm_allocator *sampled;
 } hook_ctx;
 
 typedef struct provider_record {
@@ -259,9 +283,11 @@ typedef struct tb_cache_entry {
     pm_trace_frame frames[CACHED_FRAMES];
 } tb_cache_entry;
 
+/* The depth and the sampling countdown are in pm_trace_gate (alloc/internal/trace.h), which
+ * pymalloc's sampling route reads too. */
+__thread struct pm_trace_gate pm_trace_gate __attribute__((tls_model(PM_TLS_MODEL)));
+
 typedef struct trace_thread {
-    int depth;                  /* > 0 inside a hook: nested calls pass through */
-    int64_t countdown;          /* sampling: bytes to the next sample point */
     size_t countdown_mean;      /* the mean it was drawn with; 0: not drawn */
     uint64_t rng;               /* xorshift64* state; 0: not seeded */
     size_t peak_growth;         /* traced bytes risen since this thread's last peak check */
@@ -864,13 +890,13 @@ static void draw_countdown(size_t mean) {
     /* u uniform in (0, 1]: -log(u) is exponential with mean 1. */
     double u = (double)((next_random() >> 11) + 1) * 0x1.0p-53;
     double bytes = -log(u) * (double)mean;
-    tls.countdown = bytes >= 0x1.0p62 ? INT64_MAX / 2 : (int64_t)bytes + 1;
+    pm_trace_gate.countdown = bytes >= 0x1.0p62 ? INT64_MAX / 2 : (int64_t)bytes + 1;
     tls.countdown_mean = mean;
 }
 
 void pm_trace_test_seed_sampler(uint64_t seed) {
     tls.rng = splitmix64(seed) | 1;
-    tls.countdown = 0;
+    pm_trace_gate.countdown = 0;
     tls.countdown_mean = 0;
 }
 
@@ -881,8 +907,8 @@ __attribute__((noinline)) static bool sample_slow(size_t size, size_t mean) {
     if (tls.countdown_mean != mean) {
         /* First use in this thread, or a new rate: draw, then charge this block. */
         draw_countdown(mean);
-        tls.countdown -= (int64_t)size;
-        if (tls.countdown > 0) return false;
+        pm_trace_gate.countdown -= (int64_t)size;
+        if (pm_trace_gate.countdown > 0) return false;
     }
     draw_countdown(mean);
     return true;
@@ -891,8 +917,8 @@ __attribute__((noinline)) static bool sample_slow(size_t size, size_t mean) {
 /* Charges `size` bytes to the countdown of a sampling session; false when it ran out (then
  * sample_slow decides). One subtract and compare. */
 static inline bool countdown_runs_on(size_t size) {
-    tls.countdown -= (int64_t)(size > INT64_MAX ? INT64_MAX : size);
-    return __builtin_expect(tls.countdown > 0, 1);
+    pm_trace_gate.countdown -= (int64_t)(size > INT64_MAX ? INT64_MAX : size);
+    return __builtin_expect(pm_trace_gate.countdown > 0, 1);
 }
 
 /* Whether this call is skipped by sampling. */
@@ -904,8 +930,7 @@ static inline bool sampled_out(size_t size) {
 
 /* ---- the hooks ------------------------------------------------------------------------- */
 
-static void *call_alloc(const hook_ctx *h, int op, size_t nelem, size_t size) {
-    const pm_allocator *a = &h->wrapped;
+static void *call_alloc(const pm_allocator *a, int op, size_t nelem, size_t size) {
     switch (op) {
     case OP_CALLOC: return a->calloc(a->ctx, nelem, size);
     case OP_REALLOC: return a->realloc(a->ctx, NULL, size);
@@ -917,16 +942,17 @@ static void *call_alloc(const hook_ctx *h, int op, size_t nelem, size_t size) {
 __attribute__((noinline)) static void *traced_alloc(const hook_ctx *h, int op, size_t nelem,
                                                     size_t elsize, size_t total) {
     size_t session = pm_atomic_load_size_acquire(&active_session);
-    if (session == 0) return call_alloc(h, op, nelem, elsize);
-    size_t flags = session & SAMPLING_SESSION ? SAMPLED_FLAG : 0;
-    tls.depth++;
-    void *p = call_alloc(h, op, nelem, elsize);
+    if (session == 0) return call_alloc(&h->wrapped, op, nelem, elsize);
+    bool sampling = session & SAMPLING_SESSION;
+    size_t flags = sampling ? SAMPLED_FLAG : 0;
+    pm_trace_gate.depth++;
+    void *p = call_alloc(sampling ? h->sampled : &h->wrapped, op, nelem, elsize);
     if (p != NULL && record(h->domain, op, (uintptr_t)p, total | flags, session) != 0) {
         h->wrapped.free(h->wrapped.ctx, p);
         p = NULL;
         errno = ENOMEM;
     }
-    tls.depth--;
+    pm_trace_gate.depth--;
     return p;
 }
 
@@ -940,17 +966,17 @@ __attribute__((noinline)) static void *traced_alloc(const hook_ctx *h, int op, s
  * the unsampled path's instructions). */
 /* An untraced outermost call that may reach another domain. */
 __attribute__((noinline)) static void *outer_malloc(const hook_ctx *h, size_t size) {
-    tls.depth++;
+    pm_trace_gate.depth++;
     void *p = h->wrapped.malloc(h->wrapped.ctx, size);
-    tls.depth--;
+    pm_trace_gate.depth--;
     return p;
 }
 
 __attribute__((noinline)) static void *outer_calloc(const hook_ctx *h, size_t nelem,
                                                     size_t elsize) {
-    tls.depth++;
+    pm_trace_gate.depth++;
     void *p = h->wrapped.calloc(h->wrapped.ctx, nelem, elsize);
-    tls.depth--;
+    pm_trace_gate.depth--;
     return p;
 }
 
@@ -963,7 +989,7 @@ __attribute__((noinline)) static void *malloc_slow(const hook_ctx *h, size_t siz
 
 static void *hook_malloc(void *ctx, size_t size) {
     const hook_ctx *h = ctx;
-    if (__builtin_expect(tls.depth == 0, 1)) {
+    if (__builtin_expect(pm_trace_gate.depth == 0, 1)) {
         size_t mean = pm_atomic_load_size_relaxed(&sample_mean);
         if (mean == 0) return traced_alloc(h, OP_MALLOC, 1, size, size);
         if (!countdown_runs_on(size)) return malloc_slow(h, size, mean);
@@ -982,7 +1008,7 @@ __attribute__((noinline)) static void *calloc_slow(const hook_ctx *h, size_t nel
 static void *hook_calloc(void *ctx, size_t nelem, size_t elsize) {
     const hook_ctx *h = ctx;
     size_t total;
-    if (__builtin_expect(tls.depth == 0, 1) && !__builtin_mul_overflow(nelem, elsize, &total)) {
+    if (__builtin_expect(pm_trace_gate.depth == 0, 1) && !__builtin_mul_overflow(nelem, elsize, &total)) {
         size_t mean = pm_atomic_load_size_relaxed(&sample_mean);
         if (mean == 0) return traced_alloc(h, OP_CALLOC, nelem, elsize, total);
         if (!countdown_runs_on(total)) return calloc_slow(h, nelem, elsize, total, mean);
@@ -997,10 +1023,13 @@ __attribute__((noinline)) static void *traced_realloc(const hook_ctx *h, void *p
     trace_slot old = {0, 0, NULL};
     bool had_old =
         session != 0 && trace_remove(h->domain, (uintptr_t)ptr, ptr_hash((uintptr_t)ptr), &old);
-    tls.depth++;
+    pm_trace_gate.depth++;
     tls.removed_ptr = (uintptr_t)ptr;
     tls.removed_tb = old.tb;
-    void *q = h->wrapped.realloc(h->wrapped.ctx, ptr, new_size);
+    /* A sampled block moves out of any pool (h->sampled); an unsampled one whose old
+     * block was traced is a raw block that stays raw. */
+    const pm_allocator *a = sampled && (session & SAMPLING_SESSION) ? h->sampled : &h->wrapped;
+    void *q = a->realloc(a->ctx, ptr, new_size);
     tls.removed_ptr = 0;
     if (q == NULL) {
         /* The old block is intact: so is its trace. The slot it left may be gone. */
@@ -1015,22 +1044,22 @@ __attribute__((noinline)) static void *traced_realloc(const hook_ctx *h, void *p
             pm_atomic_faa_size(&lost_traces, 1);
         }
     }
-    tls.depth--;
+    pm_trace_gate.depth--;
     return q;
 }
 
 static void *hook_realloc(void *ctx, void *ptr, size_t new_size) {
     const hook_ctx *h = ctx;
-    if (tls.depth != 0) return h->wrapped.realloc(h->wrapped.ctx, ptr, new_size);
+    if (pm_trace_gate.depth != 0) return h->wrapped.realloc(h->wrapped.ctx, ptr, new_size);
     bool sampled = !sampled_out(new_size);
     if (sampled && ptr == NULL) return traced_alloc(h, OP_REALLOC, 1, new_size, new_size);
     /* The old block may be traced even when the new one is not sampled. */
     if (sampled || maybe_traced(pm_atomic_load_size_relaxed(&active_session), (uintptr_t)ptr)) {
         return traced_realloc(h, ptr, new_size, sampled);
     }
-    tls.depth++; /* as in hook_malloc: what it calls is nested */
+    pm_trace_gate.depth++; /* as in hook_malloc: what it calls is nested */
     void *q = h->wrapped.realloc(h->wrapped.ctx, ptr, new_size);
-    tls.depth--;
+    pm_trace_gate.depth--;
     return q;
 }
 
@@ -1046,12 +1075,12 @@ __attribute__((noinline)) static void traced_free(const hook_ctx *h, void *ptr) 
     trace_slot old;
     /* Untrace first: once freed, the address may be handed to another thread. */
     bool had_trace = trace_remove(h->domain, (uintptr_t)ptr, hash, &old);
-    tls.depth++;
+    pm_trace_gate.depth++;
     tls.removed_ptr = (uintptr_t)ptr;
     tls.removed_tb = had_trace ? old.tb : NULL;
     h->wrapped.free(h->wrapped.ctx, ptr);
     tls.removed_ptr = 0;
-    tls.depth--;
+    pm_trace_gate.depth--;
 }
 
 /* The common untraced free (not tracing, nested, or the filter of a sampling session says
@@ -1059,7 +1088,7 @@ __attribute__((noinline)) static void traced_free(const hook_ctx *h, void *ptr) 
 static void hook_free(void *ctx, void *ptr) {
     const hook_ctx *h = ctx;
     size_t session = pm_atomic_load_size_relaxed(&active_session);
-    if (tls.depth == 0 && ptr != NULL && session != 0 && maybe_traced(session, (uintptr_t)ptr)) {
+    if (pm_trace_gate.depth == 0 && ptr != NULL && session != 0 && maybe_traced(session, (uintptr_t)ptr)) {
         traced_free(h, ptr);
         return;
     }
@@ -1068,6 +1097,17 @@ static void hook_free(void *ctx, void *ptr) {
 
 static bool is_hook(const pm_allocator *a) {
     return a->malloc == hook_malloc;
+}
+
+void *pm_trace_sampled_malloc(size_t size, int route) {
+    const pm_allocator *a = pm_domain_current((pm_domain)route);
+    if (pm_trace_gate.depth == 0 && is_hook(a)) {
+        size_t mean = pm_atomic_load_size_relaxed(&sample_mean);
+        /* The countdown is charged already: straight to the decision. */
+        if (mean != 0) return malloc_slow(a->ctx, size, mean);
+    }
+    /* Nested (the hook passes it on), or the session is ending: whatever is installed. */
+    return a->malloc(a->ctx, size);
 }
 
 /* The interned hook context for (domain, wrapped), or NULL when the pool is full. */
@@ -1082,10 +1122,17 @@ static const hook_ctx *hook_ctx_for(pm_domain domain, const pm_allocator *wrappe
     hook_ctx *h = &hook_pool[hook_pool_used++];
     h->domain = domain;
     h->wrapped = *wrapped;
-    h->leaf_limit = domain == PM_DOMAIN_RAW                               ? SIZE_MAX
-                    : pm_allocator_equal(wrapped, &pm_pymalloc_allocator) ? PM_SMALL_REQUEST_THRESHOLD
-                                                                          : 0;
+    bool over_pymalloc = domain != PM_DOMAIN_RAW && pm_allocator_equal(wrapped, &pm_pymalloc_allocator);
+    h->leaf_limit = domain == PM_DOMAIN_RAW ? SIZE_MAX : over_pymalloc ? PM_SMALL_REQUEST_THRESHOLD : 0;
+    h->sampled = over_pymalloc ? &pm_pymalloc_unpooled_allocator : &h->wrapped;
     return h;
+}
+
+bool pm_trace_samples_over_pymalloc(const pm_allocator *record) {
+    if (!is_hook(record)) return false;
+    const hook_ctx *h = record->ctx;
+    return h->sampled == &pm_pymalloc_unpooled_allocator &&
+           pm_atomic_load_size_relaxed(&sample_mean) != 0;
 }
 
 /* ---- the debug hooks' report ----------------------------------------------------------- */
@@ -1235,8 +1282,8 @@ __attribute__((noinline)) static int calibrate_probe(pm_domain domain, int op) P
     calibration_reference_depth = backtrace(calibration_reference, CALIBRATION_DEPTH);
     calibrated_skip = -1;
     tls.calibrating = 1;
-    int64_t saved_countdown = tls.countdown;
-    tls.countdown = 0; /* sampling: take the slow path, which samples while calibrating */
+    int64_t saved_countdown = pm_trace_gate.countdown;
+    pm_trace_gate.countdown = 0; /* sampling: take the slow path, which samples while calibrating */
     void *p = NULL;
     switch (domain * OP_COUNT + op) {
     case PM_DOMAIN_RAW * OP_COUNT + OP_MALLOC: p = pm_raw_malloc(16); break;
@@ -1250,7 +1297,7 @@ __attribute__((noinline)) static int calibrate_probe(pm_domain domain, int op) P
     default: p = pm_obj_realloc(NULL, 16); break;
     }
     tls.calibrating = 0;
-    tls.countdown = saved_countdown;
+    pm_trace_gate.countdown = saved_countdown;
     switch (domain) {
     case PM_DOMAIN_RAW: pm_raw_free(p); break;
     case PM_DOMAIN_MEM: pm_mem_free(p); break;
@@ -1296,6 +1343,10 @@ static int start(int nframes, size_t mean) PM_GIL_REQUIRED {
         if (!same_mode) errno = EBUSY;
         return same_mode ? 0 : -1;
     }
+    /* The mode first: installing the hooks sets the routes from it (a full session's
+     * frees of pool blocks must reach the hook before its first trace is stored). A hook
+     * called before the session begins passes the call on, whatever mode it reads. */
+    pm_atomic_store_size_relaxed(&sample_mean, mean);
     pm_allocator saved[PM_DOMAIN_COUNT], target[PM_DOMAIN_COUNT];
     for (int d = 0; d < PM_DOMAIN_COUNT; d++) {
         (void)pm_get_allocator((pm_domain)d, &saved[d]);
@@ -1303,6 +1354,7 @@ static int start(int nframes, size_t mean) PM_GIL_REQUIRED {
         if (is_hook(&saved[d])) continue; /* left on top by a stop that could not unwind */
         const hook_ctx *h = hook_ctx_for((pm_domain)d, &saved[d]);
         if (h == NULL) {
+            pm_atomic_store_size_relaxed(&sample_mean, 0);
             pm_mutex_unlock(&control);
             errno = ENOMEM;
             return -1;
@@ -1311,12 +1363,14 @@ static int start(int nframes, size_t mean) PM_GIL_REQUIRED {
                                    hook_free};
     }
     if (pm_domains_install(saved, target) != 0) {
+        pm_atomic_store_size_relaxed(&sample_mean, 0);
+        pm_domain_routes_refresh();
         pm_mutex_unlock(&control);
         return -1;
     }
     memcpy(installed, target, sizeof installed);
     hooks_installed = true;
-    pm_atomic_store_size_relaxed(&sample_mean, mean);
+    pm_domain_routes_refresh(); /* for a hook left on top, which was not installed again */
     pm_atomic_store_int_relaxed(&max_frames, nframes);
     pm_atomic_store_size_relaxed(&peak_bytes, 0);
     pm_atomic_store_size_release(&active_session, new_session());
@@ -1351,6 +1405,9 @@ void pm_trace_stop(void) {
             hooks_installed = false;
         }
         reset_tables(true);
+        /* Last, so that a weight computed during the stop still sees the session's mean. */
+        pm_atomic_store_size_relaxed(&sample_mean, 0);
+        pm_domain_routes_refresh();
     }
     pm_mutex_unlock(&control);
 }
@@ -1461,11 +1518,11 @@ int pm_trace_track(unsigned int domain, uintptr_t ptr, size_t size) {
     size_t session = pm_atomic_load_size_acquire(&active_session);
     if (session == 0) return -2;
     if (ptr == 0 || size > (size_t)PTRDIFF_MAX) return -1;
-    tls.depth++; /* a frame provider allocating here is not traced */
+    pm_trace_gate.depth++; /* a frame provider allocating here is not traced */
     /* Native frames: capture's own and this function's. */
     const pm_trace_tb *tb = capture(domain, 2, session);
     int result = tb == NULL ? -1 : trace_insert(ptr, ptr_hash(ptr), size, tb, session);
-    tls.depth--;
+    pm_trace_gate.depth--;
     return result;
 }
 

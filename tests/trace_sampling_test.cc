@@ -153,4 +153,67 @@ TEST_F(SamplingTest, PymallocsFallBackToRawIsNeverSampledAgain) {
     EXPECT_EQ(0u, Current());
 }
 
+// While sampling over pymalloc, a sampled block never comes from a pool (free's fast path
+// takes pool blocks without asking the tracer), yet every free still untraces its block:
+// at a mean of 1 byte every call of 40 bytes or more is sampled (with probability
+// 1 - exp(-40)), and all must be untraced by their frees.
+TEST_F(SamplingTest, EverySampledMemAndObjectBlockIsUntracedByItsFree) {
+    GilScope gil;
+    size_t blocks_before = pm_allocated_blocks();
+    void *before_session = pm_obj_malloc(64);  // a pool block from before the session
+    ASSERT_NE(nullptr, before_session);
+    ASSERT_EQ(0, pm_trace_start_sampling(1, 1));
+    pm_trace_test_seed_sampler(5);
+    std::vector<void *> obj, mem;
+    for (size_t s = 40; s <= 512; s += 7) {
+        void *p = pm_obj_malloc(s);
+        void *q = pm_mem_calloc(1, s);
+        ASSERT_NE(nullptr, p);
+        ASSERT_NE(nullptr, q);
+        EXPECT_EQ(0, static_cast<unsigned char *>(q)[s - 1]);
+        pm_trace_frame frame;
+        EXPECT_EQ(1, pm_trace_get_traceback(PM_DOMAIN_OBJ, p, &frame, 1)) << s;
+        EXPECT_EQ(1, pm_trace_get_traceback(PM_DOMAIN_MEM, q, &frame, 1)) << s;
+        obj.push_back(p);
+        mem.push_back(q);
+    }
+    // A pool block from before the session, reallocated: the sampled result is traced.
+    void *moved = pm_obj_realloc(before_session, 48);
+    ASSERT_NE(nullptr, moved);
+    pm_trace_frame frame;
+    EXPECT_EQ(1, pm_trace_get_traceback(PM_DOMAIN_OBJ, moved, &frame, 1));
+    for (void *p : obj) pm_obj_free(p);
+    for (void *q : mem) pm_mem_free(q);
+    pm_obj_free(moved);
+    EXPECT_EQ(0u, Current()) << "a sampled block outlived its free in the tracer";
+    pm_trace_stop();
+    EXPECT_EQ(blocks_before, pm_allocated_blocks());
+    EXPECT_EQ(nullptr, pm_heap_check());
+}
+
+// After a sampling session, a full one traces pool blocks again, and their frees (back
+// through the tracer) untrace them.
+TEST_F(SamplingTest, AFullSessionAfterSamplingTracesAndUntracesPoolBlocks) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start_sampling(1, kMean));
+    void *sampled_era = pm_obj_malloc(32);
+    ASSERT_NE(nullptr, sampled_era);
+    pm_trace_stop();
+    ASSERT_EQ(0, pm_trace_start(1));
+    std::vector<void *> blocks;
+    size_t total = 0;
+    for (size_t s = 1; s <= 512; s += 13) {
+        blocks.push_back(pm_obj_malloc(s));
+        ASSERT_NE(nullptr, blocks.back());
+        total += s;
+    }
+    EXPECT_EQ(total, Current());
+    for (void *p : blocks) pm_obj_free(p);
+    EXPECT_EQ(0u, Current());
+    pm_obj_free(sampled_era);
+    EXPECT_EQ(0u, Current());
+    pm_trace_stop();
+    EXPECT_EQ(nullptr, pm_heap_check());
+}
+
 }  // namespace

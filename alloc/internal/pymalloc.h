@@ -164,7 +164,7 @@ typedef enum pm_heap_kind {
     PM_HEAP_MAIN,     /* pm_main_heap: every pool in GIL mode without caches */
     PM_HEAP_SHARED,   /* pm_shared_heap: pools no thread owns (thread caches on) */
     PM_HEAP_THREAD,   /* one per attached thread; recycled after the thread detaches */
-    PM_HEAP_SENTINEL, /* pm_bypass_heap, pm_unattached_heap: own nothing, ever */
+    PM_HEAP_SENTINEL, /* pm_bypass_heap, pm_sampling_heap, pm_unattached_heap: own nothing */
 } pm_heap_kind;
 
 /* A heap: the used-pool lists, one per size class, that malloc draws from. An empty list's
@@ -370,17 +370,26 @@ size_t pm_arena_reserve_limit(void);
 
 /* The allocator record installed in the mem and object domains by default. */
 extern const pm_allocator pm_pymalloc_allocator;
+/* pymalloc with every new block taken from the raw domain, never from a pool (its free is
+ * pymalloc's). The tracer's sampled calls over pymalloc use it, so that no pool block is
+ * ever traced while sampling and free's fast path may skip the tracer (see the routes). */
+extern const pm_allocator pm_pymalloc_unpooled_allocator;
 
 /* Routes: how the mem and object entry points know, without comparing tables, that pymalloc
  * is what the domain has installed, and which heap serves the calling thread.
  *
  *   pm_thread_heaps[PM_DOMAIN_MEM/OBJ]  (per thread) the heap malloc pops from: the thread's
  *                                       heap while pymalloc is installed in the domain,
+ *                                       pm_sampling_heap while the tracer samples over it
+ *                                       (malloc's slow path counts down to the next
+ *                                       sample, then pops from the thread's heap),
  *                                       pm_bypass_heap while anything else is
  *   pm_thread_heaps[PM_ROUTE_PYMALLOC]  (per thread) the thread's own heap, whatever is
  *                                       installed: pymalloc's record and free's owner test
- *   pm_domain_routes[d].map             (global) the arena map while pymalloc is installed,
- *                                       a stand-in that owns nothing while it is not
+ *   pm_domain_routes[d].map             (global) the arena map while pymalloc is installed
+ *                                       or the tracer samples over it (no pool block is
+ *                                       traced then: pm_trace_samples_over_pymalloc), a
+ *                                       stand-in that owns nothing otherwise
  *
  * The stand-ins never match: the bypass heap's lists all look full and the bypass map owns
  * nothing, so every call leaves the fast path and the slow path dispatches through the
@@ -396,6 +405,7 @@ typedef struct pm_domain_route {
 
 extern pm_domain_route pm_domain_routes[PM_DOMAIN_COUNT];
 extern pm_heap pm_bypass_heap;
+extern pm_heap pm_sampling_heap;
 extern pm_heap pm_unattached_heap;
 extern pm_map pm_bypass_map;
 
@@ -428,6 +438,9 @@ static inline pm_heap *pm_own_heap(void) {
 
 /* Called by pm_set_allocator() after it installs `installed` in a mem or object domain. */
 void pm_domain_route_update(pm_domain domain, const pm_allocator *installed);
+/* Recomputes the mem and object routes from what is installed: the tracer calls it when a
+ * session's mode changes what pm_trace_samples_over_pymalloc answers. */
+void pm_domain_routes_refresh(void);
 
 /* nbytes first: it arrives in the first argument register and stays there for the tail
  * call, so the fast path moves nothing. */
@@ -470,11 +483,7 @@ void pm_stats_print_on_new_arena(void);
  * report at exit. */
 void pm_stats_print_unchecked(FILE *out);
 
-/* malloc's fast path: pop the first free block of the class's first used pool. The only
- * test that leaves it is "no free block", which also covers an exhausted head pool (taking
- * the last block does not look at what is left: the next malloc finds out, and carves or
- * unlinks, see pm_heap_usable_head), an empty list (&pm_no_pool), the bypass and unattached
- * heaps, and sizes pymalloc does not serve.
+/* Takes `block`, the first free block of `pool`, off its free list.
  *
  * The new first block is prefetched for writing. It is usually cold (freed into this pool
  * long ago), and the next malloc of the class, typically dozens of calls later, reads its
@@ -482,17 +491,24 @@ void pm_stats_print_unchecked(FILE *out);
  * churn step, which tcmalloc avoids by handing out its most recently freed block. One
  * instruction on the pair (39); churn 34.0 -> 31.0 ns a step (medians of 21 interleaved
  * runs; tcmalloc 33.6). */
+static inline void *pm_pool_take(pm_pool *pool, pm_block *block) {
+    pm_block *next = block->next;
+    pool->free = next;
+    __builtin_prefetch(next, 1);
+    pool->used_state++;
+    return block;
+}
+
+/* malloc's fast path: pop the first free block of the class's first used pool. The only
+ * test that leaves it is "no free block", which also covers an exhausted head pool (taking
+ * the last block does not look at what is left: the next malloc finds out, and carves or
+ * unlinks, see pm_heap_usable_head), an empty list (&pm_no_pool), the stand-in heaps
+ * (bypass, sampling, unattached), and sizes pymalloc does not serve. */
 static inline void *pm_pymalloc_malloc_inline(pm_heap *heap, size_t nbytes, int route) {
     if (__builtin_expect(nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD, 1)) {
         pm_pool *pool = heap->used[pm_size_class(nbytes)];
         pm_block *block = pool->free;
-        if (__builtin_expect(block != NULL, 1)) {
-            pm_block *next = block->next;
-            pool->free = next;
-            __builtin_prefetch(next, 1);
-            pool->used_state++;
-            return block;
-        }
+        if (__builtin_expect(block != NULL, 1)) return pm_pool_take(pool, block);
     }
     return pm_pymalloc_malloc_slow(nbytes, heap, route);
 }

@@ -13,9 +13,11 @@
 #ifndef PM_ALLOC_INTERNAL_TRACE_H
 #define PM_ALLOC_INTERNAL_TRACE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "alloc/internal/pymalloc.h" /* PM_TLS_MODEL */
 #include "alloc/pymalloc_mt.h"
 
 #pragma GCC visibility push(hidden)
@@ -47,6 +49,26 @@ int pm_trace_visit(pm_trace_visit_fn visit, void *ctx);
 /* A native frame {NULL, pc} as {object file, pc - object base}; other frames unchanged. An
  * address no object contains reads as {"<unknown>", pc}. Never allocates. */
 pm_trace_frame pm_trace_symbolize(pm_trace_frame frame);
+
+/* Whether `record` (a mem or object domain's) is the tracer's hook over pymalloc in a
+ * sampling session. Its sampled blocks then come from the raw domain
+ * (pm_pymalloc_unpooled_allocator) and no pool block is traced, so pymalloc serves the
+ * domain itself (alloc/internal/pymalloc.h, routes): free's fast path takes pool blocks
+ * without calling the hook, and malloc counts down to the next sample point with the
+ * thread's gate below, calling pm_trace_sampled_malloc when it runs out. */
+bool pm_trace_samples_over_pymalloc(const pm_allocator *record);
+
+/* The tracer's per-thread state that pymalloc's sampling route reads. */
+struct pm_trace_gate {
+    int64_t countdown; /* sampling: bytes to the next sample point */
+    int depth;         /* > 0 inside a hook: nested calls pass through, neither traced nor
+                        * charged to the countdown */
+};
+extern __thread struct pm_trace_gate pm_trace_gate __attribute__((tls_model(PM_TLS_MODEL)));
+
+/* A mem or object malloc of 1..512 bytes on the sampling route whose countdown (already
+ * charged) ran out, or that is nested in a hook. */
+void *pm_trace_sampled_malloc(size_t size, int route);
 
 /* ---- test hooks ---------------------------------------------------------------------- */
 
