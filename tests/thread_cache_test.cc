@@ -390,6 +390,36 @@ TEST_F(ThreadCacheTest, StressWithThreadsComingAndGoing) {
     EXPECT_EQ(g_failures.load(), 0);
 }
 
+// Sampling while threads allocate, hand blocks over and exit: in free-threaded mode and in
+// GIL mode with caches the tracer samples over pymalloc (free's fast path never asks it;
+// malloc's slow path counts down on each thread), with the debug hooks it wraps them.
+// Either way every sampled block is untraced by its free, whichever thread frees it.
+TEST_F(ThreadCacheTest, SamplingStaysExactWhileThreadsComeAndGo) {
+    {
+        AllocScope scope;
+        ASSERT_EQ(0, pm_trace_start_sampling(1, 2048));
+    }
+    Mailbox mailbox;
+    size_t traced_midway = 0;
+    unsigned seed = 100;
+    for (int wave = 0; wave < 2; wave++) {
+        std::vector<std::thread> workers;
+        for (int t = 0; t < 4; t++) workers.emplace_back(StressWorker, seed++, 2000, &mailbox);
+        for (auto &w : workers) w.join();
+        size_t current = 0;
+        pm_trace_get_traced_memory(&current, nullptr);
+        traced_midway = std::max(traced_midway, current);
+    }
+    Block b;
+    while (mailbox.Take(&b)) FreeChecked(b);
+    size_t current = 1;
+    pm_trace_get_traced_memory(&current, nullptr);
+    EXPECT_EQ(current, 0u) << "a sampled block outlived its free in the tracer";
+    EXPECT_GT(traced_midway, 0u) << "blocks left in the mailbox were sampled at this rate";
+    pm_trace_stop();
+    EXPECT_EQ(g_failures.load(), 0);
+}
+
 TEST_F(ThreadCacheTest, CachesStayWithinTheirBounds) {
     pm_config config;
     pm_get_config(&config);
