@@ -26,13 +26,14 @@
  *     of empty pools is the set of empty pools: nothing empty is lost, nothing else listed.
  *  4. pm_no_pool (the head of every empty used list) is still all zeros; every list of
  *     the stand-in heaps (bypass, sampling, unattached) is empty; for every heap (main,
- *     shared, each thread heap), each of its 32 used lists is NULL-terminated with consistent prev
- *     links and tail, holds only headers of carved pools whose headers say "used, not
- *     full, this class, this heap"; a thread heap's stash holds only its empty pools, as
- *     many per class as it counts. Over all heaps, each class's used lists have the same
- *     length and address fingerprint (of pool and owner) as the used pools of that class
- *     found in step 2, and likewise the stashes, so no list ends in a cycle and every pool
- *     is on exactly the list its state and owner call for (full pools on none).
+ *     shared, each thread heap), each of its 32 used lists is NULL-terminated with
+ *     consistent prev links and tail, holds only headers of carved pools whose headers
+ *     say "used, not full, this class, this heap"; a thread heap's stash holds only its
+ *     empty pools, as many per class as it counts. Over all heaps, each class's used
+ *     lists have the same length and address fingerprint (of pool and owner) as the used
+ *     pools of that class found in step 2, and likewise the stashes, so no list ends in a
+ *     cycle and every pool is on exactly the list its state and owner call for (full
+ *     pools on none).
  *  5. Every remote-free list and outbox (blocks other threads freed, not yet applied) ends,
  *     and holds only block-aligned blocks inside the carved part of a pool in use (an
  *     outbox as many as it counts, all for one other thread heap); in all, no more blocks

@@ -250,7 +250,9 @@ static __attribute__((noinline)) void *malloc_slower(size_t nbytes, pm_heap *hea
         if (pm_thread_attach() == NULL) return NULL;
         return pm_pymalloc_malloc_inline(pm_route_heap(route), nbytes, route);
     }
-    if (heap == &pm_bypass_heap || heap == &pm_sampling_heap) return malloc_through_table(nbytes, route);
+    if (heap == &pm_bypass_heap || heap == &pm_sampling_heap) {
+        return malloc_through_table(nbytes, route);
+    }
     if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD) {
         unsigned size_class = (unsigned)pm_size_class(nbytes);
         if (heap->kind == PM_HEAP_THREAD) return pm_thread_cache_refill(heap, size_class);

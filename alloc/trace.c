@@ -1008,7 +1008,8 @@ __attribute__((noinline)) static void *calloc_slow(const hook_ctx *h, size_t nel
 static void *hook_calloc(void *ctx, size_t nelem, size_t elsize) {
     const hook_ctx *h = ctx;
     size_t total;
-    if (__builtin_expect(pm_trace_gate.depth == 0, 1) && !__builtin_mul_overflow(nelem, elsize, &total)) {
+    if (__builtin_expect(pm_trace_gate.depth == 0, 1) &&
+        !__builtin_mul_overflow(nelem, elsize, &total)) {
         size_t mean = pm_atomic_load_size_relaxed(&sample_mean);
         if (mean == 0) return traced_alloc(h, OP_CALLOC, nelem, elsize, total);
         if (!countdown_runs_on(total)) return calloc_slow(h, nelem, elsize, total, mean);
@@ -1088,7 +1089,8 @@ __attribute__((noinline)) static void traced_free(const hook_ctx *h, void *ptr) 
 static void hook_free(void *ctx, void *ptr) {
     const hook_ctx *h = ctx;
     size_t session = pm_atomic_load_size_relaxed(&active_session);
-    if (pm_trace_gate.depth == 0 && ptr != NULL && session != 0 && maybe_traced(session, (uintptr_t)ptr)) {
+    if (pm_trace_gate.depth == 0 && ptr != NULL && session != 0 &&
+        maybe_traced(session, (uintptr_t)ptr)) {
         traced_free(h, ptr);
         return;
     }
@@ -1122,8 +1124,11 @@ static const hook_ctx *hook_ctx_for(pm_domain domain, const pm_allocator *wrappe
     hook_ctx *h = &hook_pool[hook_pool_used++];
     h->domain = domain;
     h->wrapped = *wrapped;
-    bool over_pymalloc = domain != PM_DOMAIN_RAW && pm_allocator_equal(wrapped, &pm_pymalloc_allocator);
-    h->leaf_limit = domain == PM_DOMAIN_RAW ? SIZE_MAX : over_pymalloc ? PM_SMALL_REQUEST_THRESHOLD : 0;
+    bool over_pymalloc =
+        domain != PM_DOMAIN_RAW && pm_allocator_equal(wrapped, &pm_pymalloc_allocator);
+    h->leaf_limit = domain == PM_DOMAIN_RAW ? SIZE_MAX
+                    : over_pymalloc         ? PM_SMALL_REQUEST_THRESHOLD
+                                            : 0;
     h->sampled = over_pymalloc ? &pm_pymalloc_unpooled_allocator : &h->wrapped;
     return h;
 }
