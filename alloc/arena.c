@@ -39,6 +39,8 @@
  *
  * Descriptors live apart from arenas, in mmap'd slabs that are never freed, so a pool's
  * `arena` pointer and a reader's view of a descriptor stay valid after the arena is gone.
+ * A slab's descriptors are handed out one by one, so its pages become resident only as
+ * descriptors are used (about 1.1 KiB per arena).
  * Each descriptor holds its arena's pool headers (alloc/internal/pymalloc.h says why they
  * are not in the pools); the map entry of a chunk leads from a block to its header.
  */
