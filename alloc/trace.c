@@ -79,6 +79,10 @@
  * by max(N, s) instead would be low by about s/2 per sample). The fast path of an
  * unsampled call is a thread-local subtract and compare; it still counts as the outermost
  * call, so pymalloc's fall-back to raw inside it is neither sampled nor charged again.
+ * A countdown drawn in an earlier session at another rate is stale: start zeroes the
+ * starting thread's; another thread's is only redrawn (at the new rate) when it runs out,
+ * so its first sample point in the new session may come at the old rate. Resetting every
+ * thread's would take a registry of their gates, or a session check on the fast path.
  *
  * Sampling over pymalloc. A hook alone costs more than the 1.1x that sampling may cost
  * (see Cost), so while a sampling session's hook sits directly over pymalloc in mem or
@@ -1373,6 +1377,11 @@ static int start(int nframes, size_t mean) PM_GIL_REQUIRED {
     pm_domain_routes_refresh(); /* for a hook left on top, which was not installed again */
     pm_atomic_store_int_relaxed(&max_frames, nframes);
     pm_atomic_store_size_relaxed(&peak_bytes, 0);
+    /* This thread's countdown may be left from a session at another rate; a mean of 1 byte
+     * after one of 512 KiB would wait out megabytes before its first sample. Zero makes
+     * its next call draw at this session's rate (see "Sampling" above for other threads). */
+    pm_trace_gate.countdown = 0;
+    tls.countdown_mean = 0;
     pm_atomic_store_size_release(&active_session, new_session());
     calibrate();
     pm_mutex_unlock(&control);
