@@ -232,6 +232,7 @@ typedef struct hook_ctx {
 typedef struct provider_record {
     pm_trace_frame_provider fn;
     void *ctx;
+    const struct provider_record *next; /* on provider_records; immutable once there */
 } provider_record;
 
 static trace_shard trace_shards[TRACE_SHARDS];
@@ -269,6 +270,10 @@ static hook_ctx hook_pool[HOOK_POOL];
 static size_t hook_pool_used; /* under control */
 static provider_record provider_pool[PROVIDER_POOL];
 static size_t provider_pool_used; /* fetch-and-add */
+/* Every provider record handed out, pushed by CAS: a provider installed again reuses its
+ * record, as domain.c interns allocators (records are never freed, so without this each
+ * re-install kept 24 bytes, and past the pool a page, for ever). */
+static const provider_record *provider_records;
 
 /* ---- per-thread state ------------------------------------------------------------------ */
 
@@ -1429,24 +1434,40 @@ int pm_trace_get_traceback_limit(void) {
     return pm_trace_is_tracing() ? pm_atomic_load_int_relaxed(&max_frames) : 0;
 }
 
+/* The record for (fn, ctx): the one handed out before, else a new one (NULL: no memory).
+ * Two threads installing the same new pair at once may make two records; both are valid,
+ * so that race costs one record and nothing else. */
+static const provider_record *provider_record_for(pm_trace_frame_provider fn, void *ctx) {
+    for (const provider_record *r = pm_atomic_load_ptr_acquire(&provider_records); r != NULL;
+         r = r->next) {
+        if (r->fn == fn && r->ctx == ctx) return r;
+    }
+    size_t index = pm_atomic_faa_size(&provider_pool_used, 1);
+    provider_record *fresh = NULL;
+    if (index < PROVIDER_POOL) {
+        fresh = &provider_pool[index];
+    } else {
+        fresh = mmap(NULL, sizeof *fresh, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                     -1, 0);
+        if (fresh == MAP_FAILED) return NULL;
+    }
+    fresh->fn = fn;
+    fresh->ctx = ctx;
+    for (;;) {
+        const provider_record *head = pm_atomic_load_ptr_relaxed(&provider_records);
+        fresh->next = head;
+        if (pm_atomic_cas_ptr(&provider_records, head, fresh)) return fresh;
+    }
+}
+
 int pm_trace_set_frame_provider(pm_trace_frame_provider fn, void *ctx) {
     const provider_record *record = NULL;
     if (fn != NULL) {
-        size_t index = pm_atomic_faa_size(&provider_pool_used, 1);
-        provider_record *fresh = NULL;
-        if (index < PROVIDER_POOL) {
-            fresh = &provider_pool[index];
-        } else {
-            fresh = mmap(NULL, sizeof *fresh, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                         -1, 0);
-            if (fresh == MAP_FAILED) {
-                errno = ENOMEM;
-                return -1;
-            }
+        record = provider_record_for(fn, ctx);
+        if (record == NULL) {
+            errno = ENOMEM;
+            return -1;
         }
-        fresh->fn = fn;
-        fresh->ctx = ctx;
-        record = fresh;
     }
     pm_atomic_store_ptr_release(&frame_provider, record);
     return 0;
