@@ -361,6 +361,13 @@ TRACE_SEEDS = {
     + t_track(4, 2) + t_free(0) + t_track(0, 1, ALLOCATOR_ODD) + T_QUERY_ + t(T_STOP)
     + t_sample(1, 2) + t_track(5, 2, USER1000) + t_malloc(6, 64) + t_track(6, 1)
     + t_snapshot(BY_LINENO) + t_free(6) + T_QUERY_ + t(T_STOP),
+    # The peak between queries: rises that are not multiples of the tracer's 16 KiB check
+    # step, a reset, one block larger than the step, then the same under sampling.
+    "seed-peak": t_start(2) + t_malloc(0, 100) + t_churn(20, 4096, MEM) + T_QUERY_ + T_RESET_
+    + t_churn(5, 4095, OBJ) + T_QUERY_ + t_malloc(1, 65536, RAW) + t_free(1) + T_QUERY_
+    + t_churn(32, 1000, MEM, True) + t_track(2, 3) + t_malloc(3, 4097) + T_QUERY_ + t(T_STOP)
+    + t_sample(4096, 1) + t_churn(32, 2000, OBJ) + T_QUERY_ + t_churn(32, 513, MEM) + T_QUERY_
+    + t(T_STOP),
     # Without a provider (native frames, read back), then with it again; three frames.
     "seed-native": t(T_PROVIDER, 0, 1) + t_start(3) + t_malloc(0, 16) + t_calloc(1, 600, OBJ)
     + t_realloc(2, 77, RAW) + t_track(3, 1) + t_snapshot(BY_TRACEBACK) + t(T_PROVIDER)
