@@ -344,7 +344,8 @@ typedef struct pm_trace_frame {
 typedef size_t (*pm_trace_frame_provider)(void *ctx, pm_trace_frame *frames, size_t max_frames);
 
 /* Installs the provider (NULL: native stacks). Safe at any time from any thread; each
- * call with a new (fn, ctx) pair keeps 16 bytes for ever (readers take no reference).
+ * (fn, ctx) pair ever installed keeps 24 bytes for ever (readers take no reference);
+ * installing one again reuses them.
  * Returns 0, or -1 with errno = ENOMEM. */
 PM_API int pm_trace_set_frame_provider(pm_trace_frame_provider fn, void *ctx);
 

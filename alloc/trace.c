@@ -79,6 +79,10 @@
  * by max(N, s) instead would be low by about s/2 per sample). The fast path of an
  * unsampled call is a thread-local subtract and compare; it still counts as the outermost
  * call, so pymalloc's fall-back to raw inside it is neither sampled nor charged again.
+ * A countdown drawn in an earlier session at another rate is stale: start zeroes the
+ * starting thread's; another thread's is only redrawn (at the new rate) when it runs out,
+ * so its first sample point in the new session may come at the old rate. Resetting every
+ * thread's would take a registry of their gates, or a session check on the fast path.
  *
  * Sampling over pymalloc. A hook alone costs more than the 1.1x that sampling may cost
  * (see Cost), so while a sampling session's hook sits directly over pymalloc in mem or
@@ -228,6 +232,7 @@ typedef struct hook_ctx {
 typedef struct provider_record {
     pm_trace_frame_provider fn;
     void *ctx;
+    const struct provider_record *next; /* on provider_records; immutable once there */
 } provider_record;
 
 static trace_shard trace_shards[TRACE_SHARDS];
@@ -265,6 +270,10 @@ static hook_ctx hook_pool[HOOK_POOL];
 static size_t hook_pool_used; /* under control */
 static provider_record provider_pool[PROVIDER_POOL];
 static size_t provider_pool_used; /* fetch-and-add */
+/* Every provider record handed out, pushed by CAS: a provider installed again reuses its
+ * record, as domain.c interns allocators (records are never freed, so without this each
+ * re-install kept 24 bytes, and past the pool a page, for ever). */
+static const provider_record *provider_records;
 
 /* ---- per-thread state ------------------------------------------------------------------ */
 
@@ -1378,6 +1387,11 @@ static int start(int nframes, size_t mean) PM_GIL_REQUIRED {
     pm_domain_routes_refresh(); /* for a hook left on top, which was not installed again */
     pm_atomic_store_int_relaxed(&max_frames, nframes);
     pm_atomic_store_size_relaxed(&peak_bytes, 0);
+    /* This thread's countdown may be left from a session at another rate; a mean of 1 byte
+     * after one of 512 KiB would wait out megabytes before its first sample. Zero makes
+     * its next call draw at this session's rate (see "Sampling" above for other threads). */
+    pm_trace_gate.countdown = 0;
+    tls.countdown_mean = 0;
     pm_atomic_store_size_release(&active_session, new_session());
     calibrate();
     pm_mutex_unlock(&control);
@@ -1425,24 +1439,40 @@ int pm_trace_get_traceback_limit(void) {
     return pm_trace_is_tracing() ? pm_atomic_load_int_relaxed(&max_frames) : 0;
 }
 
+/* The record for (fn, ctx): the one handed out before, else a new one (NULL: no memory).
+ * Two threads installing the same new pair at once may make two records; both are valid,
+ * so that race costs one record and nothing else. */
+static const provider_record *provider_record_for(pm_trace_frame_provider fn, void *ctx) {
+    for (const provider_record *r = pm_atomic_load_ptr_acquire(&provider_records); r != NULL;
+         r = r->next) {
+        if (r->fn == fn && r->ctx == ctx) return r;
+    }
+    size_t index = pm_atomic_faa_size(&provider_pool_used, 1);
+    provider_record *fresh = NULL;
+    if (index < PROVIDER_POOL) {
+        fresh = &provider_pool[index];
+    } else {
+        fresh = mmap(NULL, sizeof *fresh, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                     -1, 0);
+        if (fresh == MAP_FAILED) return NULL;
+    }
+    fresh->fn = fn;
+    fresh->ctx = ctx;
+    for (;;) {
+        const provider_record *head = pm_atomic_load_ptr_relaxed(&provider_records);
+        fresh->next = head;
+        if (pm_atomic_cas_ptr(&provider_records, head, fresh)) return fresh;
+    }
+}
+
 int pm_trace_set_frame_provider(pm_trace_frame_provider fn, void *ctx) {
     const provider_record *record = NULL;
     if (fn != NULL) {
-        size_t index = pm_atomic_faa_size(&provider_pool_used, 1);
-        provider_record *fresh = NULL;
-        if (index < PROVIDER_POOL) {
-            fresh = &provider_pool[index];
-        } else {
-            fresh = mmap(NULL, sizeof *fresh, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                         -1, 0);
-            if (fresh == MAP_FAILED) {
-                errno = ENOMEM;
-                return -1;
-            }
+        record = provider_record_for(fn, ctx);
+        if (record == NULL) {
+            errno = ENOMEM;
+            return -1;
         }
-        fresh->fn = fn;
-        fresh->ctx = ctx;
-        record = fresh;
     }
     pm_atomic_store_ptr_release(&frame_provider, record);
     return 0;

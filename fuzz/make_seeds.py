@@ -242,6 +242,138 @@ NAME_SEEDS = {
     "seed-near-miss": b"mallocx", "seed-case": b"PyMalloc", "seed-nul-suffix": b"malloc\x00x",
 }
 
+# fuzz_trace (fuzz/fuzz_trace.c, whose header documents the encoding: keep the two in step):
+# code = kind | domain << 4 | variant << 6, then the kind's arguments.
+(T_MALLOC, T_CALLOC, T_REALLOC, T_FREE, T_START, T_SAMPLE, T_STOP, T_CLEAR, T_RESET_PEAK,
+ T_QUERY, T_SNAPSHOT, T_TRACK, T_UNTRACK, T_PROVIDER, T_CHECK, T_CHURN) = range(16)
+T_BOUNDARY = [0, 1, 2, 8, 15, 16, 17, 24, 32, 33, 39, 40, 41, 48, 63, 64, 100, 128, 255, 256,
+              257, 448, 496, 511, 512, 513, 1000, 1024, 4095, 4096, 4097, 65536]
+T_MEANS = {1: 0, 64: 2, 4096: 3, 0: 4, 16: 5, 512: 6, 100000: 7}
+BY_TRACEBACK, BY_LINENO, BY_FILENAME, KEEP = 0, 1, 2, 4
+USER3, USER1000, USER_MAX, ALLOCATOR_ODD = 0, 1, 2, 3  # track/untrack addressing
+
+
+def tsize(n):
+    if n in T_BOUNDARY:
+        return bytes([T_BOUNDARY.index(n)])
+    if 1 <= n <= 512:
+        return bytes([0x40 | (n - 1) >> 8, (n - 1) & 0xFF])
+    if 513 <= n <= 4096:
+        return bytes([0x80 | (n - 513) >> 8, (n - 513) & 0xFF])
+    v = (n - 4097) // 4
+    return bytes([0xC0 | v >> 8, v & 0xFF])
+
+
+def t(kind, domain=0, variant=0, *args):
+    out = bytes([kind | domain << 4 | variant << 6])
+    for a in args:
+        out += a if isinstance(a, bytes) else bytes([a])
+    return out
+
+
+def t_malloc(slot, n, domain=MEM):
+    return t(T_MALLOC, domain, 0, slot, tsize(n))
+
+
+def t_calloc(slot, n, domain=MEM, variant=0):
+    return t(T_CALLOC, domain, variant, slot, tsize(n))
+
+
+def t_realloc(slot, n, domain=MEM, to_zero=False):
+    return t(T_REALLOC, domain, 3 if to_zero else 0, slot, tsize(n))
+
+
+def t_free(slot):
+    return t(T_FREE, 0, 0, slot)
+
+
+def t_start(nframes=1):
+    return t(T_START, 0, nframes - 1)
+
+
+def t_sample(mean, nframes=1):
+    return t(T_SAMPLE, 0, nframes - 1, T_MEANS[mean])
+
+
+def t_snapshot(by, keep=True):
+    return t(T_SNAPSHOT, 0, 0, by | (KEEP if keep else 0))
+
+
+def t_track(slot, size_index, where=USER3, null=False, huge=False):
+    return t(T_TRACK, where, 0, slot, size_index | (4 if null else 0) | (8 if huge else 0))
+
+
+def t_churn(count, n, domain=OBJ, reverse=False):
+    return t(T_CHURN, domain, 1 if reverse else 0, count - 1, tsize(n))
+
+
+T_STOP_, T_CLEAR_, T_QUERY_, T_RESET_ = t(T_STOP), t(T_CLEAR), t(T_QUERY), t(T_RESET_PEAK)
+T_CHECK_, T_FREE_ALL = t(T_CHECK), t(T_CHECK, 0, 3)
+T_MIXED = [(16, MEM), (17, OBJ), (0, RAW), (512, OBJ), (513, MEM), (4096, RAW), (1, MEM),
+           (100, OBJ), (65536, MEM), (40, RAW), (257, OBJ), (1000, MEM)]
+
+TRACE_SEEDS = {
+    # A full session: blocks of every kind traced at their size with the provider's frames;
+    # realloc within and across the pool/raw boundary, to zero and from NULL; snapshots by
+    # each key and diffs; the peak; a clear mid-way; a churn of pool blocks; stop.
+    "seed-full-churn": t_malloc(0, 24) + t_start(2)
+    + b"".join(t_malloc(i + 1, n, d) for i, (n, d) in enumerate(T_MIXED))
+    + t_realloc(0, 48) + t_realloc(1, 600) + t_realloc(2, 12, OBJ) + t_realloc(3, 0, RAW, True)
+    + t_realloc(20, 300, OBJ) + t_calloc(21, 64, MEM, 1) + t_calloc(22, 700, OBJ, 2)
+    + t_calloc(23, 10, RAW, 3) + T_QUERY_ + t_snapshot(BY_TRACEBACK) + t_free(4) + t_free(5)
+    + t_snapshot(BY_LINENO) + t_snapshot(BY_FILENAME) + T_RESET_ + t_churn(32, 4096, MEM)
+    + T_QUERY_ + t_churn(20, 48, OBJ, True) + T_CLEAR_ + t_malloc(24, 33) + t_realloc(6, 2000)
+    + t_snapshot(BY_TRACEBACK) + T_QUERY_ + T_CHECK_ + t(T_STOP),
+    # Sampling at a mean of 1 byte: every block of 40 bytes or more is traced, smaller ones
+    # at random, through pymalloc's sampling route (mem, obj) and the raw hook; realloc
+    # moves or drops the sample; freeing the traced blocks leaves nothing; then a session
+    # at the default rate, and mean 1 again after it.
+    "seed-sampling-mean1": t_malloc(0, 64) + t_sample(1, 1)
+    + b"".join(t_malloc(i + 1, n, d) for i, (n, d) in enumerate(T_MIXED))
+    + b"".join(t_malloc(16 + i, n, d) for i, (n, d) in enumerate(
+        [(1, MEM), (2, OBJ), (8, MEM), (15, OBJ), (24, MEM), (33, OBJ), (39, RAW)]))
+    + t_realloc(0, 41) + t_realloc(1, 8) + t_realloc(2, 100, OBJ) + t_calloc(25, 48, OBJ)
+    + t_churn(32, 40, MEM) + t_churn(32, 1, OBJ, True) + T_QUERY_ + t_snapshot(BY_LINENO)
+    + T_FREE_ALL + T_QUERY_ + t_snapshot(BY_FILENAME) + t(T_STOP) + t_sample(0, 2)
+    + t_churn(32, 4096, OBJ) + t_malloc(3, 100) + T_QUERY_ + t(T_STOP) + t_sample(1, 3)
+    + t_malloc(4, 64) + t_malloc(5, 48, OBJ) + t_malloc(6, 40, RAW) + T_QUERY_ + T_FREE_ALL
+    + t(T_STOP),
+    # Start, stop and clear interleaved with live blocks: blocks from before a session or a
+    # clear are untraced until reallocated; a second start changes the frames kept; starts
+    # in the other mode or at another rate are refused (EBUSY), invalid counts too
+    # (EINVAL); nothing answers while stopped.
+    "seed-start-stop": t_malloc(0, 16) + t_malloc(1, 600, OBJ) + t_snapshot(0) + T_QUERY_
+    + t_track(0, 1) + t_start(1) + t_malloc(2, 32) + t_realloc(0, 20) + t_start(3)
+    + t_malloc(3, 32, RAW) + t_sample(1) + t_sample(0) + t(T_START, 0, 3) + t(T_START, 1, 3)
+    + T_CLEAR_ + t_realloc(1, 900, OBJ) + t_free(2) + T_QUERY_ + t(T_STOP) + t_free(1)
+    + t_sample(64, 2) + t_start(1) + t_sample(4096) + t_sample(64, 3) + t_churn(32, 64)
+    + t_malloc(4, 512) + T_CLEAR_ + T_RESET_ + t_malloc(5, 4097) + t(T_STOP) + t_start(2)
+    + t(T_STOP) + t(T_STOP) + T_CLEAR_ + T_QUERY_,
+    # Tracking foreign memory: user domains and odd addresses in the allocator domains,
+    # replaced, untracked, refused (address 0, size above PTRDIFF_MAX), counted in the
+    # traced memory and the snapshots, forgotten by clear; then under sampling (exact).
+    "seed-track": t_malloc(0, 100) + t_malloc(1, 5000, RAW) + t_start(2)
+    + b"".join(t_track(i, i % 4, w) for i in range(6) for w in (USER3, USER1000, USER_MAX,
+                                                                ALLOCATOR_ODD))
+    + t_track(0, 3) + t_track(2, 0, USER3, null=True) + t_track(3, 1, USER1000, huge=True)
+    + t_snapshot(BY_TRACEBACK) + t(T_UNTRACK, USER3, 0, 0) + t(T_UNTRACK, ALLOCATOR_ODD, 0, 1)
+    + t(T_UNTRACK, USER_MAX, 0, 9) + t_snapshot(BY_FILENAME) + T_QUERY_ + T_RESET_ + T_CLEAR_
+    + t_track(4, 2) + t_free(0) + t_track(0, 1, ALLOCATOR_ODD) + T_QUERY_ + t(T_STOP)
+    + t_sample(1, 2) + t_track(5, 2, USER1000) + t_malloc(6, 64) + t_track(6, 1)
+    + t_snapshot(BY_LINENO) + t_free(6) + T_QUERY_ + t(T_STOP),
+    # The peak between queries: rises that are not multiples of the tracer's 16 KiB check
+    # step, a reset, one block larger than the step, then the same under sampling.
+    "seed-peak": t_start(2) + t_malloc(0, 100) + t_churn(20, 4096, MEM) + T_QUERY_ + T_RESET_
+    + t_churn(5, 4095, OBJ) + T_QUERY_ + t_malloc(1, 65536, RAW) + t_free(1) + T_QUERY_
+    + t_churn(32, 1000, MEM, True) + t_track(2, 3) + t_malloc(3, 4097) + T_QUERY_ + t(T_STOP)
+    + t_sample(4096, 1) + t_churn(32, 2000, OBJ) + T_QUERY_ + t_churn(32, 513, MEM) + T_QUERY_
+    + t(T_STOP),
+    # Without a provider (native frames, read back), then with it again; three frames.
+    "seed-native": t(T_PROVIDER, 0, 1) + t_start(3) + t_malloc(0, 16) + t_calloc(1, 600, OBJ)
+    + t_realloc(2, 77, RAW) + t_track(3, 1) + t_snapshot(BY_TRACEBACK) + t(T_PROVIDER)
+    + t_malloc(4, 48) + t_snapshot(BY_LINENO) + T_QUERY_ + t(T_STOP),
+}
+
 
 def write(target, seeds):
     directory = os.path.join(ROOT, target)
@@ -256,3 +388,4 @@ if __name__ == "__main__":
     write("fuzz_failures", FAILURE_SEEDS)
     write("fuzz_names", NAME_SEEDS)
     write("fuzz_debug", {**DEBUG_SEEDS, **{k: TAPE_SEEDS[k] for k in TAPE_SEEDS_FOR_DEBUG}})
+    write("fuzz_trace", TRACE_SEEDS)

@@ -21,7 +21,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-FUZZERS=(fuzz_tape fuzz_failures fuzz_names fuzz_debug fuzz_threads)
+FUZZERS=(fuzz_tape fuzz_failures fuzz_names fuzz_debug fuzz_threads fuzz_trace)
 
 if [[ $# -lt 1 || ! $1 =~ ^[0-9]+$ || $1 -eq 0 ]]; then
   echo "usage: $0 SECONDS [TARGET...]" >&2

@@ -142,6 +142,7 @@
 #include "alloc/internal/domain.h"
 #include "alloc/internal/pymalloc.h"
 #include "alloc/pymalloc_mt.h"
+#include "fuzz/domain_calls.h"
 #include "fuzz/fuzz_target.h"
 #include "fuzz/live_set.h"
 
@@ -271,40 +272,6 @@ static pm_domain decode_domain(uint8_t code) {
     static const pm_domain domains[4] = {PM_DOMAIN_RAW, PM_DOMAIN_MEM, PM_DOMAIN_OBJ,
                                          PM_DOMAIN_MEM};
     return domains[(code >> 4) & 3];
-}
-
-/* ---- the domains ----------------------------------------------------------------------- */
-
-static void *domain_malloc(pm_domain d, size_t n) PM_GIL_REQUIRED {
-    switch (d) {
-    case PM_DOMAIN_RAW: return pm_raw_malloc(n);
-    case PM_DOMAIN_MEM: return pm_mem_malloc(n);
-    default: return pm_obj_malloc(n);
-    }
-}
-
-static void *domain_calloc(pm_domain d, size_t nelem, size_t elsize) PM_GIL_REQUIRED {
-    switch (d) {
-    case PM_DOMAIN_RAW: return pm_raw_calloc(nelem, elsize);
-    case PM_DOMAIN_MEM: return pm_mem_calloc(nelem, elsize);
-    default: return pm_obj_calloc(nelem, elsize);
-    }
-}
-
-static void *domain_realloc(pm_domain d, void *p, size_t n) PM_GIL_REQUIRED {
-    switch (d) {
-    case PM_DOMAIN_RAW: return pm_raw_realloc(p, n);
-    case PM_DOMAIN_MEM: return pm_mem_realloc(p, n);
-    default: return pm_obj_realloc(p, n);
-    }
-}
-
-static void domain_free(pm_domain d, void *p) PM_GIL_REQUIRED {
-    switch (d) {
-    case PM_DOMAIN_RAW: pm_raw_free(p); break;
-    case PM_DOMAIN_MEM: pm_mem_free(p); break;
-    default: pm_obj_free(p); break;
-    }
 }
 
 /* ---- faults ---------------------------------------------------------------------------- */

@@ -191,6 +191,30 @@ TEST_F(SamplingTest, EverySampledMemAndObjectBlockIsUntracedByItsFree) {
     EXPECT_EQ(nullptr, pm_heap_check());
 }
 
+// A session at a new rate starts its own countdown on the starting thread: after a session
+// at the default 512 KiB, whose countdown had megabytes left, a session at 1 byte samples
+// its first call of 40 bytes or more (found by fuzz/fuzz_trace.c).
+TEST_F(SamplingTest, ANewRateDrawsAFreshCountdown) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start_sampling(1, 0));
+    pm_trace_test_seed_sampler(9);
+    void *p = pm_obj_malloc(16);  // draws a countdown at the default rate
+    ASSERT_NE(nullptr, p);
+    pm_obj_free(p);
+    pm_trace_stop();
+    ASSERT_EQ(0, pm_trace_start_sampling(1, 1));
+    pm_trace_frame frame;
+    void *q = pm_mem_malloc(64);
+    ASSERT_NE(nullptr, q);
+    EXPECT_EQ(1, pm_trace_get_traceback(PM_DOMAIN_MEM, q, &frame, 1));
+    void *r = pm_raw_malloc(40);
+    ASSERT_NE(nullptr, r);
+    EXPECT_EQ(1, pm_trace_get_traceback(PM_DOMAIN_RAW, r, &frame, 1));
+    pm_mem_free(q);
+    pm_raw_free(r);
+    EXPECT_EQ(0u, Current());
+}
+
 // After a sampling session, a full one traces pool blocks again, and their frees (back
 // through the tracer) untrace them.
 TEST_F(SamplingTest, AFullSessionAfterSamplingTracesAndUntracesPoolBlocks) {
