@@ -475,19 +475,21 @@ static inline void prefetch_home(uint64_t h) {
 }
 
 /* The slot of (ptr, domain) (*found), or the empty slot that ends its probe run. The
- * table must exist. */
+ * table must exist. An empty slot is recognised before its traceback is read: it has none,
+ * or a stale one (removal clears only ptr), and a probe for address 0, which is never
+ * traced, would otherwise match it. */
 static inline size_t shard_probe(const trace_shard *s, uintptr_t ptr, uint64_t h,
                                  unsigned domain, bool *found) PM_REQUIRES(s->lock) {
     const trace_slot *slots = s->slots;
     size_t mask = s->mask;
     for (size_t i = home_slot(h, mask);; i = (i + 1) & mask) {
         uintptr_t here = slots[i].ptr;
-        if (here == ptr && slots[i].tb->domain == domain) {
-            *found = true;
-            return i;
-        }
         if (here == 0) {
             *found = false;
+            return i;
+        }
+        if (here == ptr && slots[i].tb->domain == domain) {
+            *found = true;
             return i;
         }
     }

@@ -189,6 +189,32 @@ long ResidentKiB() {
 // same one again reuses its record. Records are never freed, and each install used to take
 // a new one, a page each past the first 64: 5000 installs kept 20 MiB (found by
 // fuzz/fuzz_trace.c, which installs its provider per input).
+// The null pointer is never traced, and asking about it is harmless even when tables hold
+// empty slots: a probe for address 0 once matched an empty slot and read its traceback
+// (NULL, or one freed by an earlier clear). Found by fuzz/fuzz_trace.c in CI.
+TEST_F(TraceTest, TheNullPointerIsNeverTracedAndAskingIsSafe) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start(1));
+    // Enough tracked addresses that every shard has a table, then most taken out again, so
+    // that empty slots both fresh (no traceback) and vacated (a stale one) exist.
+    constexpr uintptr_t kBase = 0x10000, kCount = 20000;
+    for (uintptr_t i = 0; i < kCount; i++) ASSERT_EQ(0, pm_trace_track(7, kBase + 16 * i, 16));
+    for (uintptr_t i = 0; i < kCount; i += 2) ASSERT_EQ(0, pm_trace_untrack(7, kBase + 16 * i));
+    pm_trace_clear_traces();  // tracebacks freed; tables emptied
+    for (uintptr_t i = 0; i < kCount; i += 3) ASSERT_EQ(0, pm_trace_track(7, kBase + 16 * i, 16));
+    for (unsigned domain : {0u, 1u, 2u, 7u}) {
+        pm_trace_frame frame;
+        EXPECT_EQ(-1, pm_trace_get_traceback(domain, nullptr, &frame, 1)) << domain;
+        EXPECT_EQ(0, pm_trace_untrack(domain, 0)) << domain;
+    }
+    EXPECT_EQ(-1, pm_trace_track(7, 0, 16));
+    void *p = pm_raw_realloc(nullptr, 32);  // realloc from NULL: a new block, traced
+    ASSERT_NE(nullptr, p);
+    pm_trace_frame frame;
+    EXPECT_EQ(1, pm_trace_get_traceback(PM_DOMAIN_RAW, p, &frame, 1));
+    pm_raw_free(p);
+}
+
 TEST_F(TraceTest, ReinstallingAProviderKeepsNoMoreMemory) {
     for (int i = 0; i < 100; i++) {  // past the static records, if each install took one
         ASSERT_EQ(0, pm_trace_set_frame_provider(trace_test::ProvideFrames, nullptr));
