@@ -375,6 +375,84 @@ TRACE_SEEDS = {
 }
 
 
+# fuzz_threads (fuzz/fuzz_threads.c, whose header documents the encoding: keep the two in
+# step): 4-byte operations [op, thread, a, b]; op bytes 8..15 control the tracer. Only the
+# tracer seeds are written here; the older seeds in its corpus were made by hand.
+W_ALLOC, W_FREE, W_REALLOC, W_DETACH, W_EXIT, W_COLLECT = 0, 2, 4, 5, 6, 7
+W_TRACE = 0x08
+(TR_FULL, TR_SAMPLE, TR_STOP, TR_CLEAR, TR_PROVIDER, TR_CHECK,
+ TR_RESET_PEAK) = 0, 1, 3, 4, 5, 6, 7
+TR_MEANS = {1: 0, 64: 1, 4096: 2, 0: 3}
+
+
+def w(op, thread, a=0, b=0):
+    return bytes([op, thread, a, b])
+
+
+def w_alloc(thread, n, domain=MEM, zeroed=False):
+    return w(W_ALLOC, thread, n & 0xFF, n >> 8 | (4 if zeroed else 0) | domain << 6)
+
+
+def w_free(thread, index=0):
+    return w(W_FREE, thread, index)
+
+
+def w_realloc(thread, index, n):
+    # The new size is a + 256 * (b & 3): its low byte is also the block's index.
+    assert n & 0xFF == index
+    return w(W_REALLOC, thread, index, n >> 8)
+
+
+def w_trace(thread, kind, a=0):
+    return w(W_TRACE | kind, thread, a)
+
+
+def w_sample(thread, mean):
+    return w_trace(thread, TR_SAMPLE, TR_MEANS[mean])
+
+
+def w_spread(sizes):
+    """Each worker in turn allocates the next size, in mem, obj and raw in turn."""
+    return b"".join(w_alloc(i % 3, n, (MEM, OBJ, RAW)[i % 3]) for i, n in enumerate(sizes))
+
+
+W_SIZES = [40, 41, 64, 100, 256, 511, 512, 513, 1000, 1023, 48, 300, 0, 16, 39, 700]
+
+THREAD_SEEDS = {
+    # Full tracing started on one worker with the provider on: blocks from before it stay
+    # untraced until reallocated; every worker allocates, others free (remote frees of
+    # traced pool blocks); a detached worker attaches again inside the session, an exiting
+    # one is replaced; clear and stop come from the other workers.
+    "seed-trace-full": w_trace(0, TR_PROVIDER) + w_spread(W_SIZES[:6]) + w_trace(1, TR_FULL)
+    + w_spread(W_SIZES) + w_free(2, 1) + w_free(0, 7) + w_realloc(1, 2, 2 + 256)
+    + w(W_DETACH, 2) + w_alloc(2, 200, OBJ) + w_free(2, 9) + w_trace(2, TR_CHECK)
+    + w(W_EXIT, 0) + w_alloc(0, 96, MEM) + w_free(0, 3) + w_trace(1, TR_RESET_PEAK)
+    + w_trace(2, TR_CLEAR) + w_spread(W_SIZES[6:]) + w_free(1, 4) + w_realloc(0, 5, 5 + 512)
+    + w(W_COLLECT, 1) + w_trace(0, TR_CHECK) + w_trace(0, TR_STOP) + w_free(2, 0) + w_free(1, 0)
+    + w_trace(1, TR_FULL) + w_spread(W_SIZES[:8]) + w(W_EXIT, 2) + w_free(0, 2),
+    # Sampling at a mean of 1 byte (every block of 40 bytes or more traced) started on
+    # worker 1 while the others hold live blocks: sampled mem/obj blocks come from the raw
+    # domain; they are freed and reallocated by other workers, a worker detaches and one
+    # exits mid-session; a full start is refused (EBUSY); then other rates and the default.
+    "seed-trace-sampling": w_spread(W_SIZES[:4]) + w_sample(1, 1) + w_spread(W_SIZES)
+    + w_free(0, 5) + w_free(2, 6) + w_realloc(0, 3, 3 + 512) + w(W_DETACH, 0)
+    + w_alloc(0, 64, OBJ) + w_alloc(0, 128, MEM) + w_trace(2, TR_FULL) + w_sample(2, 64)
+    + w(W_EXIT, 2) + w_alloc(2, 80, MEM) + w_free(2, 1) + w_trace(0, TR_CHECK)
+    + w_trace(1, TR_CLEAR) + w_spread(W_SIZES[4:]) + w_free(1, 8) + w_trace(2, TR_STOP)
+    + w_sample(0, 64) + w_spread(W_SIZES * 2) + w_free(1, 2) + w_free(2, 3) + w_trace(1, TR_STOP)
+    + w_sample(2, 4096) + w_spread(W_SIZES) + w(W_DETACH, 1) + w_free(1, 0) + w_trace(0, TR_STOP)
+    + w_sample(1, 0) + w_spread(W_SIZES[:5]) + w_trace(1, TR_STOP),
+    # Sessions in turn with native frames: full, stop, sampling, full again; blocks made in
+    # one session are freed by other workers in the next, after an exit and a detach.
+    "seed-trace-sessions": w_trace(2, TR_FULL) + w_spread(W_SIZES[:9]) + w_trace(0, TR_STOP)
+    + w_sample(1, 1) + w_free(0, 0) + w_free(2, 1) + w(W_EXIT, 1) + w_spread(W_SIZES[9:])
+    + w_free(1, 2) + w_trace(2, TR_CHECK) + w_trace(0, TR_STOP) + w_trace(0, TR_FULL)
+    + w(W_DETACH, 2) + w_free(2, 0) + w_free(2, 1) + w_spread(W_SIZES[:6]) + w_trace(1, TR_CLEAR)
+    + w_free(0, 0) + w_trace(2, TR_STOP) + w_sample(0, 1) + w_spread(W_SIZES[:6])
+    + w(W_EXIT, 0) + w_trace(0, TR_STOP),
+}
+
+
 def write(target, seeds):
     directory = os.path.join(ROOT, target)
     os.makedirs(directory, exist_ok=True)
@@ -389,3 +467,4 @@ if __name__ == "__main__":
     write("fuzz_names", NAME_SEEDS)
     write("fuzz_debug", {**DEBUG_SEEDS, **{k: TAPE_SEEDS[k] for k in TAPE_SEEDS_FOR_DEBUG}})
     write("fuzz_trace", TRACE_SEEDS)
+    write("fuzz_threads", THREAD_SEEDS)
