@@ -2,13 +2,16 @@
 """fuzz/make_seeds.py — writes the hand-made seed inputs of fuzz/corpus/.
 
 The seeds are tape programs spelled with the encoding documented at the top of
-fuzz/tape.c (this file mirrors it: keep the two in step), plus names for fuzz_names.
+fuzz/tape.c (this file mirrors it: keep the two in step), plus names for fuzz_names,
+fuzz_trace programs and fuzz_threads operations (each encoding at the top of its .c).
 Each seed aims at one area, so that the fuzzer starts from inputs that already reach
 it: every size class, bursts that fill whole pools and several arenas, realloc across
 the pool/raw boundary, calloc splits, objects, refused sizes, the arena reserve, the
-configuration switch, (fuzz_failures) each failure policy on each allocator, and
+configuration switch, (fuzz_failures) each failure policy on each allocator,
 (fuzz_debug) the sizes where the debug hooks' 24 bytes move a block across pymalloc's
-limits, realloc across the hooks' 128-byte save-and-restore, and the debug names.
+limits, realloc across the hooks' 128-byte save-and-restore, and the debug names,
+(fuzz_threads) tracing sessions started, cleared and stopped by one worker while the
+others allocate, free each other's blocks, detach and exit.
 Merged inputs found by the fuzzer and regression crashers live beside them; this script
 only (re)writes the files named seed-*.
 
