@@ -53,6 +53,9 @@
  *   - a freed block (by any thread), or the old address of a block realloc moved, is not
  *     traced; nothing is traced when not tracing; a start in another mode or at another
  *     rate while tracing fails with EBUSY;
+ *   - the provider is called once for each trace stored and never otherwise, with
+ *     max_frames 1; what it allocates itself (now and then) is neither traced nor
+ *     charged to the sampler;
  *   - after every operation, workers parked: current traced memory is exactly the sum of
  *     the traced blocks' sizes (sampling: their weights s / (1 - exp(-s/mean)), rounded as
  *     alloc/trace.c does), 0 when not tracing, and the peak is at least current; every 32
@@ -132,6 +135,7 @@ static uint64_t worker_seed[WORKERS]; /* written before the worker is created */
 static trace_mode mode;
 static size_t mean;          /* of the sampling session, PM_TRACE_DEFAULT_SAMPLE_BYTES for 0 */
 static bool provider_on;
+static size_t provider_calls; /* during the operation running */
 /* The rate each worker's sampling countdown was last known to be drawn at; 0: not drawn
  * since the thread began or started a session (both leave it to be drawn at the next
  * session's rate). A countdown at another rate is stale: the thread's first sample point
@@ -217,6 +221,16 @@ static size_t provide(void *ctx, pm_trace_frame *frames, size_t max_frames) {
     (void)ctx;
     if (worker_self < 0) fail("frame provider called outside a worker");
     if (max_frames != 1) fail("frame provider asked for %zu frames; sessions keep 1", max_frames);
+    provider_calls++;
+    /* What a provider allocates is neither traced nor charged to the sampler: were it
+     * either, the traced memory or the mean-1 rule would be off. */
+    if (step % 3 == 0) {
+        pm_domain d = step % 2 ? PM_DOMAIN_OBJ : PM_DOMAIN_MEM;
+        void *p = domain_malloc(d, 48 + step % 64, false);
+        if (p == NULL) fail("the provider's own allocation failed");
+        memset(p, 0x5A, 48);
+        domain_free(d, p);
+    }
     frames[0] = (pm_trace_frame){WORKER_FILES[worker_self], step + 1};
     return 1;
 }
@@ -281,6 +295,10 @@ static void observe_new_block(live_block *block, int who) {
     pm_trace_frame frame;
     int n = traceback_of(block->domain, block->ptr, &frame);
     block->traced = n == 1;
+    if (provider_on && provider_calls != (block->traced ? 1u : 0u)) {
+        fail("frame provider called %zu times for a block %s", provider_calls,
+             block->traced ? "traced" : "not traced");
+    }
     block->file = provider_on ? WORKER_FILES[who] : NULL;
     block->line = step + 1;
     switch (mode) {
@@ -357,9 +375,11 @@ static void free_live(size_t index) {
     domain_free(block.domain, block.ptr);
     live[index] = live[--live_count];
     check_not_traced(block.domain, block.ptr, "freed block");
+    if (provider_calls != 0) fail("frame provider called by a free");
 }
 
 static void run_request(const request *r, int who) {
+    provider_calls = 0;
     switch (r->what) {
     case ACT_ALLOC: {
         if (live_count == MAX_LIVE) {
