@@ -172,23 +172,6 @@ TEST_F(TraceTest, WhatAFrameProviderAllocatesIsNotTraced) {
     EXPECT_EQ(0u, Current());
 }
 
-// Resident memory of the process, in KiB (VmRSS).
-long ResidentKiB() {
-    FILE *status = fopen("/proc/self/status", "r");
-    if (status == nullptr) return -1;
-    char line[256];
-    long kib = -1;
-    while (fgets(line, sizeof line, status) != nullptr) {
-        if (strncmp(line, "VmRSS:", 6) == 0) kib = strtol(line + 6, nullptr, 10);
-    }
-    fclose(status);
-    return kib;
-}
-
-// A runtime may install and remove its provider around every piece of work: installing the
-// same one again reuses its record. Records are never freed, and each install used to take
-// a new one, a page each past the first 64: 5000 installs kept 20 MiB (found by
-// fuzz/fuzz_trace.c, which installs its provider per input).
 // The null pointer is never traced, and asking about it is harmless even when tables hold
 // empty slots: a probe for address 0 once matched an empty slot and read its traceback
 // (NULL, or one freed by an earlier clear). Found by fuzz/fuzz_trace.c in CI.
@@ -215,6 +198,23 @@ TEST_F(TraceTest, TheNullPointerIsNeverTracedAndAskingIsSafe) {
     pm_raw_free(p);
 }
 
+// Resident memory of the process, in KiB (VmRSS).
+long ResidentKiB() {
+    FILE *status = fopen("/proc/self/status", "r");
+    if (status == nullptr) return -1;
+    char line[256];
+    long kib = -1;
+    while (fgets(line, sizeof line, status) != nullptr) {
+        if (strncmp(line, "VmRSS:", 6) == 0) kib = strtol(line + 6, nullptr, 10);
+    }
+    fclose(status);
+    return kib;
+}
+
+// A runtime may install and remove its provider around every piece of work: installing the
+// same one again reuses its record. Records are never freed, and each install used to take
+// a new one, a page each past the first 64: 5000 installs kept 20 MiB (found by
+// fuzz/fuzz_trace.c, which installs its provider per input).
 TEST_F(TraceTest, ReinstallingAProviderKeepsNoMoreMemory) {
     for (int i = 0; i < 100; i++) {  // past the static records, if each install took one
         ASSERT_EQ(0, pm_trace_set_frame_provider(trace_test::ProvideFrames, nullptr));
