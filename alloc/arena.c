@@ -60,8 +60,8 @@ static void *map_anonymous(size_t size) {
     return p == MAP_FAILED ? NULL : p;
 }
 
-/* An arena aligned to its own size loses no pool to alignment (with 16 KiB pools in a
- * 256 KiB arena an unaligned one loses 1 pool in 16). Linux places each new mapping just
+/* An arena aligned to its own size loses no pool to alignment (with 32 KiB pools in a
+ * 256 KiB arena an unaligned one loses 1 pool in 8). Linux places each new mapping just
  * below the previous one, so once one arena is aligned the next usually is too and the
  * plain mmap succeeds; otherwise map twice the size and trim both ends. */
 static void *mmap_arena_alloc(void *ctx, size_t size) {

@@ -70,7 +70,7 @@ __thread pm_heap *pm_thread_heaps[PM_DOMAIN_COUNT] __attribute__((tls_model(PM_T
 
 enum {
     DEFAULT_POOLS_PER_CLASS = 8,
-    DEFAULT_BYTES_PER_THREAD = 1 << 20,  /* 64 pools of 16 KiB */
+    DEFAULT_BYTES_PER_THREAD = 1 << 20,  /* 32 pools of 32 KiB */
     DEFAULT_BYTES_TOTAL = 64 << 20,
 };
 

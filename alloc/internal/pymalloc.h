@@ -71,7 +71,7 @@ extern "C" { /* white-box tests are C++ */
 #define PM_ARENA_BITS 18 /* 256 KiB, the documented pymalloc arena */
 #endif
 #ifndef PM_POOL_BITS
-#define PM_POOL_BITS 14 /* 16 KiB; chosen by measurement, see alloc/pymalloc.c */
+#define PM_POOL_BITS 15 /* 32 KiB; chosen by measurement, see alloc/pymalloc.c */
 #endif
 
 #define PM_ARENA_SIZE ((size_t)1 << PM_ARENA_BITS)
