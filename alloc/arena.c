@@ -182,56 +182,42 @@ static void descriptor_put(pm_arena *arena) {
 
 /* ---- the arena map ------------------------------------------------------------------- */
 
-static pm_map_entry *map_entry(uintptr_t address, bool create) {
-    uintptr_t key = address >> PM_ARENA_BITS;
+/* The map word of the pool unit at `address`; NULL when there is no leaf for it and
+ * `create` is false, or one cannot be mapped, or the address lies above the 48-bit space. */
+static uintptr_t *map_word(uintptr_t address, bool create) {
+    uintptr_t key = address >> PM_POOL_BITS;
     uintptr_t root_index = key >> PM_MAP_LEAF_BITS;
     if (root_index >= PM_MAP_ROOT_LENGTH) return NULL;
     uintptr_t *offset = &pm_arena_map.leaf_offset[root_index];
-    pm_map_leaf *leaf = (pm_map_leaf *)((uintptr_t)&pm_arena_map + pm_atomic_load_size_acquire(offset));
+    uintptr_t none = (uintptr_t)&pm_arena_map.none;
+    pm_map_leaf *leaf = (pm_map_leaf *)(none + pm_atomic_load_size_acquire(offset));
     if (leaf == &pm_arena_map.none) {
         if (!create) return NULL;
         leaf = map_anonymous(sizeof(pm_map_leaf)); /* zero-filled: owns nothing */
         if (leaf == NULL) return NULL;
-        pm_atomic_store_size_release(offset, (uintptr_t)leaf - (uintptr_t)&pm_arena_map);
+        pm_atomic_store_size_release(offset, (uintptr_t)leaf - none);
         pm_counters.map_leaf_nodes++;
     }
-    return &leaf->chunk[key & (PM_MAP_LEAF_LENGTH - 1)];
+    return &leaf->pool_offset[key & (PM_MAP_LEAF_LENGTH - 1)];
 }
 
-/* One part of a chunk's entry: headers first when marking, bound first when unmarking. */
-static void map_set_part(uintptr_t *bound, uintptr_t *headers, uintptr_t bound_value,
-                         uintptr_t headers_value) {
-    if (bound_value != 0) {
-        pm_atomic_store_size_relaxed(headers, headers_value);
-        pm_atomic_store_size_release(bound, bound_value);
-    } else {
-        pm_atomic_store_size_relaxed(bound, 0);
-        pm_atomic_store_size_relaxed(headers, 0);
-    }
-}
-
-/* Marks [lo, hi), the pools of `arena`, ours (mark) or no longer ours (!mark). hi - lo <=
- * PM_ARENA_SIZE, so the range touches at most two chunks: the one lo is in and, if lo is not
- * at a chunk start, the next one. Returns false only when mark needs a leaf and none can be
- * mapped (or the range lies above the 48-bit address space); nothing is changed then.
- * Marking writes a part's headers before its bound, unmarking clears the bound first: a
- * reader that sees the bound always sees the right headers. */
-static bool map_update(const pm_arena *arena, uintptr_t lo, uintptr_t hi, bool mark) {
-    uintptr_t chunk_base = lo & ~(uintptr_t)(PM_ARENA_SIZE - 1);
-    uintptr_t next_base = chunk_base + PM_ARENA_SIZE;
-    pm_map_entry *first = map_entry(lo, mark);
-    pm_map_entry *second = NULL;
-    if (lo != chunk_base && hi > next_base) {
-        second = map_entry(next_base, mark);
-        if (second == NULL && mark) return false;
-    }
-    if (first == NULL) return !mark;
-    uintptr_t headers = mark ? pm_map_headers_bias(arena) : 0;
-    if (lo == chunk_base) {
-        map_set_part(&first->low_end, &first->low_headers, mark ? hi : 0, headers);
-    } else {
-        map_set_part(&first->high_start_inverted, &first->high_headers, mark ? ~lo : 0, headers);
-        if (second != NULL) map_set_part(&second->low_end, &second->low_headers, mark ? hi : 0, headers);
+/* Marks the arena's pools ours (mark: each unit's word names its header, stored with
+ * release after the header was reset) or no longer ours (!mark). Returns false only when
+ * mark needs a leaf and none can be mapped (or a pool lies above the 48-bit address
+ * space); nothing is left marked then. */
+static bool map_update(const pm_arena *arena, bool mark) {
+    for (uint32_t i = 0; i < arena->total_pools; i++) {
+        uintptr_t *word = map_word(arena->pools_start + (uintptr_t)i * PM_POOL_SIZE, mark);
+        if (word == NULL) {
+            if (!mark) continue;
+            for (uint32_t j = 0; j < i; j++) {
+                pm_atomic_store_size_release(
+                    map_word(arena->pools_start + (uintptr_t)j * PM_POOL_SIZE, false), 0);
+            }
+            return false;
+        }
+        uintptr_t value = mark ? (uintptr_t)&arena->pools[i] - (uintptr_t)&pm_arena_map : 0;
+        pm_atomic_store_size_release(word, value);
     }
     return true;
 }
@@ -319,7 +305,7 @@ static pm_arena *new_arena(void) {
     }
     arena->pools_start = first;
     arena->total_pools = total;
-    if (!map_update(arena, first, first + (uintptr_t)total * PM_POOL_SIZE, true)) {
+    if (!map_update(arena, true)) {
         allocator.free(allocator.ctx, memory, PM_ARENA_SIZE);
         descriptor_put(arena);
         return NULL;
@@ -341,7 +327,7 @@ static pm_arena *new_arena(void) {
 
 static void release_arena(pm_arena *arena) {
     /* Unmark first: once the memory is gone the OS may give the range to anyone. */
-    map_update(arena, arena->pools_start, arena_pools_end(arena), false);
+    map_update(arena, false);
     arena->allocator.free(arena->allocator.ctx, (void *)arena->address, PM_ARENA_SIZE);
     pm_counters.arenas_reclaimed++;
     pm_counters.arenas_current--;

@@ -190,8 +190,8 @@ void *pm_pool_pop_first(pm_pool *pool) {
 pm_heap pm_bypass_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SENTINEL};
 pm_heap pm_sampling_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SENTINEL};
 pm_heap pm_unattached_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SENTINEL};
-/* Every leaf offset 0, so every lookup reads `none`. Never written, yet not const: a const
- * object of 1.25 MiB of zeros would be stored in the binary (.rodata); this one is .bss. */
+/* Every leaf offset 0, so every lookup finds none_pool. Never written, yet not const: a
+ * const object of 1.5 MiB of zeros would be stored in the binary (.rodata); this is .bss. */
 pm_map pm_bypass_map;
 
 pm_domain_route pm_domain_routes[PM_DOMAIN_COUNT] = {
@@ -344,8 +344,13 @@ void pm_pymalloc_free_slow(pm_pool *pool) {
     }
 }
 
-/* The block's pool belongs to another heap (or this thread has no heap yet). */
-void pm_pymalloc_free_other_heap(pm_pool *pool, void *p) {
+/* The block's pool belongs to another heap (or this thread has no heap yet), or the map
+ * found no pool of ours at p (its none_pool). */
+void pm_pymalloc_free_other_heap(pm_pool *pool, void *p, int route) {
+    if (pm_map_is_none(pool)) {
+        pm_pymalloc_free_unowned(p, route);
+        return;
+    }
     pm_heap *own = pm_own_heap();
     if (own == &pm_unattached_heap) {
         own = pm_thread_attach();
