@@ -15,8 +15,8 @@
  *   free into a full pool     put the pool back at the back of its list
  *   free of the last block    unlink the pool and give it back to its arena
  *   0 or > 512 bytes          the raw domain, through its current allocator
- *   the tracer samples        charge the countdown, pop from the thread's heap
- *                             (malloc_sampling; the domain's route is pm_sampling_heap)
+ *   sampling countdown out    the tracer decides: a sample (traced, from the raw
+ *                             domain), or the thread's heap serves (malloc_at_sample_point)
  *   arena allocator fails     NULL; nothing was changed
  *   block of another heap     onto that heap's remote list, batched (alloc/thread_cache.c)
  *   thread heap runs dry      its remote frees, stash, the shared pools, then the arenas
@@ -195,9 +195,9 @@ pm_heap pm_unattached_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SENTINEL}
 pm_map pm_bypass_map;
 
 pm_domain_route pm_domain_routes[PM_DOMAIN_COUNT] = {
-    [PM_DOMAIN_RAW] = {&pm_bypass_map}, /* raw has no pymalloc path */
-    [PM_DOMAIN_MEM] = {&pm_arena_map},
-    [PM_DOMAIN_OBJ] = {&pm_arena_map},
+    [PM_DOMAIN_RAW] = {.map = &pm_bypass_map}, /* raw has no pymalloc path */
+    [PM_DOMAIN_MEM] = {.map = &pm_arena_map},
+    [PM_DOMAIN_OBJ] = {.map = &pm_arena_map},
 };
 
 /* Something other than pymalloc is installed in `route`'s domain: call it through the table,
@@ -256,6 +256,8 @@ static void *malloc_from_new_pool(pm_heap *heap, unsigned size_class) {
     return pm_pool_pop_first(pool);
 }
 
+static inline void *malloc_uncharged(pm_heap *heap, size_t nbytes, int route);
+
 /* Everything malloc's slow path does but its commonest case (below). */
 static __attribute__((noinline)) void *malloc_slower(size_t nbytes, pm_heap *heap, int route) {
     if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD) {
@@ -268,7 +270,11 @@ static __attribute__((noinline)) void *malloc_slower(size_t nbytes, pm_heap *hea
     }
     if (heap == &pm_unattached_heap) {
         if (pm_thread_attach() == NULL) return NULL;
-        return pm_pymalloc_malloc_inline(pm_route_heap(route), nbytes, route);
+        heap = pm_route_heap(route);
+        /* This call was charged (and found no sample point) already. */
+        if (heap == &pm_sampling_heap) heap = pm_thread_route_arm(route);
+        if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD) return malloc_uncharged(heap, nbytes, route);
+        return pm_pymalloc_malloc_inline(heap, nbytes, route);
     }
     if (heap == &pm_bypass_heap || heap == &pm_sampling_heap) {
         return malloc_through_table(nbytes, route);
@@ -278,37 +284,23 @@ static __attribute__((noinline)) void *malloc_slower(size_t nbytes, pm_heap *hea
         if (heap->kind == PM_HEAP_THREAD) return pm_thread_cache_refill(heap, size_class);
         return malloc_from_new_pool(heap, size_class);
     }
+    /* 0 or more than 512 bytes while the tracer samples over pymalloc: its hook samples
+     * these (an armed route no longer leads there by itself). */
+    if (route != PM_ROUTE_PYMALLOC &&
+        pm_atomic_load_int_relaxed(&pm_domain_routes[route].sampling) != 0) {
+        return malloc_through_table(nbytes, route);
+    }
     void *p = pm_raw_malloc(nbytes); /* refuses sizes above PTRDIFF_MAX itself */
     if (p != NULL) pm_raw_blocks_add();
     return p;
 }
 
-/* The tracer samples over pymalloc (the domain's route is pm_sampling_heap): charge the
- * countdown and, unless it ran out or a hook is running on this thread, serve the request
- * from the thread's own heap. Frameless, and apart from pm_pymalloc_malloc_slow so that
- * it stays frameless too: going through the hook (two indirect calls and their frames)
- * cost 1.5x on churn. */
-static __attribute__((noinline)) void *malloc_sampling(size_t nbytes, int route) {
-    struct pm_trace_gate *gate = &pm_trace_gate;
-    if (__builtin_expect(gate->depth == 0, 1) &&
-        __builtin_expect((gate->countdown -= (int64_t)nbytes) > 0, 1)) {
-        /* The fast path without its size test (the caller made it). */
-        pm_heap *heap = pm_own_heap();
-        pm_pool *pool = heap->used[pm_size_class(nbytes)];
-        pm_block *block = pool->free;
-        if (__builtin_expect(block != NULL, 1)) return pm_pool_take(pool, block);
-        return pm_pymalloc_malloc_slow(nbytes, heap, PM_ROUTE_PYMALLOC);
-    }
-    return pm_trace_sampled_malloc(nbytes, route);
-}
-
 /* The commonest way here in steady state: the previous malloc of the class took the last
  * block of the head pool, which has nothing left to carve and is not the only pool. It is
  * marked full and unlinked here, and the next pool serves, with no call and so no stack
- * frame. Anything else goes on to malloc_slower. */
-void *pm_pymalloc_malloc_slow(size_t nbytes, pm_heap *heap, int route) {
+ * frame. Anything else goes on to malloc_slower. The countdown is not charged again. */
+static inline void *malloc_uncharged_slow(size_t nbytes, pm_heap *heap, int route) {
     if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD) {
-        if (heap == &pm_sampling_heap) return malloc_sampling(nbytes, route);
         unsigned size_class = (unsigned)pm_size_class(nbytes);
         pm_pool *head = heap->used[size_class];
         /* pm_no_pool's next is NULL, so a stand-in's empty list fails the test below. */
@@ -319,6 +311,32 @@ void *pm_pymalloc_malloc_slow(size_t nbytes, pm_heap *heap, int route) {
         }
     }
     return malloc_slower(nbytes, heap, route);
+}
+
+/* malloc's fast path without the countdown: for a call already charged. */
+static inline void *malloc_uncharged(pm_heap *heap, size_t nbytes, int route) {
+    pm_pool *pool = heap->used[pm_size_class(nbytes)];
+    pm_block *block = pool->free;
+    if (__builtin_expect(block != NULL, 1)) return pm_pool_take(pool, block);
+    return malloc_uncharged_slow(nbytes, heap, route);
+}
+
+/* A small malloc whose countdown ran out, or whose route still names the sampling stand-in
+ * (see the routes in alloc/internal/pymalloc.h): the tracer decides whether it is a sample;
+ * if not, the thread's heap serves it. */
+static __attribute__((noinline)) void *malloc_at_sample_point(size_t nbytes, pm_heap *heap,
+                                                              int route) {
+    if (heap == &pm_sampling_heap) heap = pm_thread_route_arm(route);
+    if (pm_trace_pymalloc_sample_point(nbytes, route)) return pm_trace_sampled_malloc(nbytes, route);
+    return malloc_uncharged(heap, nbytes, route);
+}
+
+void *pm_pymalloc_malloc_slow(size_t nbytes, pm_heap *heap, int route) {
+    if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD &&
+        __builtin_expect(pm_trace_gate.countdown <= 0 || heap == &pm_sampling_heap, 0)) {
+        return malloc_at_sample_point(nbytes, heap, route);
+    }
+    return malloc_uncharged_slow(nbytes, heap, route);
 }
 
 /* free's fast path found used_state <= 0: the pool was full, or is now empty, or both (a

@@ -247,6 +247,14 @@ pm_heap *pm_thread_attach(void) {
     return own;
 }
 
+/* A compare-and-swap, not a store: a route update (under the registry lock) may have
+ * replaced the stand-in since the caller read it, and wins. */
+pm_heap *pm_thread_route_arm(int route) {
+    pm_heap *own = pm_own_heap();
+    (void)pm_atomic_cas_ptr(&pm_thread_heaps[route], &pm_sampling_heap, own);
+    return own;
+}
+
 void pm_domain_route_update(pm_domain domain, const pm_allocator *installed) {
     if (domain == PM_DOMAIN_RAW) return;
     route_kind kind = installed == &pm_pymalloc_allocator           ? ROUTE_PYMALLOC
@@ -256,6 +264,7 @@ void pm_domain_route_update(pm_domain domain, const pm_allocator *installed) {
     route_kinds[domain] = kind;
     pm_atomic_store_ptr_relaxed(&pm_domain_routes[domain].map,
                                 kind != ROUTE_TABLE ? &pm_arena_map : &pm_bypass_map);
+    pm_atomic_store_int_relaxed(&pm_domain_routes[domain].sampling, kind == ROUTE_SAMPLING);
     for (pm_heap *h = pm_thread_heaps_registry; h != NULL; h = h->registry_next) {
         if (!heap_attached(h)) continue;
         pm_heap *own = pm_threading.caches ? h : &pm_main_heap;

@@ -79,10 +79,14 @@
  * by max(N, s) instead would be low by about s/2 per sample). The fast path of an
  * unsampled call is a thread-local subtract and compare; it still counts as the outermost
  * call, so pymalloc's fall-back to raw inside it is neither sampled nor charged again.
- * A countdown drawn in an earlier session at another rate is stale: start zeroes the
- * starting thread's; another thread's is only redrawn (at the new rate) when it runs out,
- * so its first sample point in the new session may come at the old rate. Resetting every
- * thread's would take a registry of their gates, or a session check on the fast path.
+ * pymalloc's malloc charges every small call, sampling or not (see below): a point that
+ * falls in a call the session does not sample (nested in a hook, or through pymalloc's
+ * own record) is lost and the countdown redrawn. That biases nothing: points in disjoint
+ * byte ranges are independent, so every sampled call keeps its p(s). While no session
+ * samples, pymalloc parks the countdown (PM_COUNTDOWN_PARKED). A countdown that is parked
+ * or was drawn at another rate is never used: the hooks compare the rate it was drawn at
+ * (tls.countdown_mean) whenever they charge one, and pymalloc's routes send each thread's
+ * first malloc of a session through pm_trace_pymalloc_sample_point, which compares too.
  *
  * Sampling over pymalloc. A hook alone costs more than the 1.1x that sampling may cost
  * (see Cost), so while a sampling session's hook sits directly over pymalloc in mem or
@@ -91,9 +95,13 @@
  * (hook_ctx.sampled: pm_pymalloc_unpooled_allocator), so no pool block is ever traced
  * while sampling. Then free's fast path may take pool blocks without asking the tracer
  * (the domain's route keeps the arena map; a sampled block, not in a pool, still reaches
- * the hook through free's slow path), and malloc's slow path charges the countdown in
- * the thread's gate (pm_trace_gate, shared with pymalloc) and calls
- * pm_trace_sampled_malloc only when it runs out. Routes follow the mode: start stores it
+ * the hook through free's slow path). malloc's fast path charges the countdown in the
+ * thread's gate (pm_trace_gate, in alloc/internal/pymalloc.h) and leaves only when it runs
+ * out; pm_trace_pymalloc_sample_point then decides, and pm_trace_sampled_malloc serves a
+ * sample through the hook. A thread's route names the sampling stand-in from the session's
+ * start until its first malloc there, which redraws a stale countdown and puts the
+ * thread's own heap back (pm_thread_route_arm); 0 and more than 512 bytes still go
+ * through the hook (pm_domain_route.sampling). Routes follow the mode: start stores it
  * before installing the hooks, so a full session's frees reach the hook before its first
  * trace exists, and stop clears it last. One consequence: a pool block tracked by hand
  * (pm_trace_track) in domain mem or object while sampling is not untracked by its free
@@ -111,11 +119,12 @@
  * step), because pymalloc's inline paths are bypassed while one is installed. Sampling at
  * the default rate cost 1.4-1.7x through the hook (+46 instructions a step over a
  * pass-through hook: the countdown on malloc, a filter bit on free). Over pymalloc's
- * sampling route it costs 1.14x (median of 15 rounds; 1.15x with no sample ever taken,
- * so the route itself is the cost): free's path is untouched, and malloc leaves its fast
- * path for a frameless one that charges the countdown and pops from the thread's heap,
- * about 18 instructions more. Getting to 1.1x would take the countdown into malloc's own
- * fast path, two instructions on every untraced pair (issue #3 allows 40; it takes 39).
+ * sampling route it cost 1.14x (median of 15 rounds; 1.15x with no sample ever taken,
+ * so the route itself was the cost) while malloc left its fast path for a frameless one
+ * that charged the countdown and popped from the thread's heap, about 18 instructions
+ * more. With the countdown in malloc's own fast path (two instructions on every pair,
+ * paid for by the arena map of one word per pool, alloc/internal/pymalloc.h) sampling
+ * costs COST_TBD.
  * Full tracing with one
  * provider frame costs 6.2-7.1x, +544 instructions and +210-230 ns a step (8.1-9.3x and
  * +681 before the cheap paths: the traceback cache, no filter, prefetch, frameless hooks;
@@ -292,7 +301,7 @@ typedef struct tb_cache_entry {
     pm_trace_frame frames[CACHED_FRAMES];
 } tb_cache_entry;
 
-/* The depth and the sampling countdown are in pm_trace_gate (alloc/internal/trace.h), which
+/* The depth and the sampling countdown are in pm_trace_gate (alloc/internal/pymalloc.h), which
  * pymalloc's sampling route reads too. */
 __thread struct pm_trace_gate pm_trace_gate __attribute__((tls_model(PM_TLS_MODEL)));
 
@@ -925,18 +934,46 @@ __attribute__((noinline)) static bool sample_slow(size_t size, size_t mean) {
     return true;
 }
 
-/* Charges `size` bytes to the countdown of a sampling session; false when it ran out (then
- * sample_slow decides). One subtract and compare. */
-static inline bool countdown_runs_on(size_t size) {
+/* Charges `size` bytes to the countdown of a sampling session at `mean`; true when
+ * sample_slow must decide: the countdown ran out, or it was not drawn at this rate (parked
+ * by pymalloc while no session sampled, or left from a session at another rate). */
+static inline bool countdown_runs_out(size_t size, size_t mean) {
     pm_trace_gate.countdown -= (int64_t)(size > INT64_MAX ? INT64_MAX : size);
-    return __builtin_expect(pm_trace_gate.countdown > 0, 1);
+    return __builtin_expect(pm_trace_gate.countdown <= 0, 0) ||
+           __builtin_expect(tls.countdown_mean != mean, 0);
 }
 
 /* Whether this call is skipped by sampling. */
 static inline bool sampled_out(size_t size) {
     size_t mean = pm_atomic_load_size_relaxed(&sample_mean);
     if (mean == 0) return false;
-    return countdown_runs_on(size) || !sample_slow(size, mean);
+    return !countdown_runs_out(size, mean) || !sample_slow(size, mean);
+}
+
+bool pm_trace_pymalloc_sample_point(size_t size, int route) {
+    size_t mean = pm_atomic_load_size_relaxed(&sample_mean);
+    if (mean == 0) {
+        pm_trace_gate.countdown = PM_COUNTDOWN_PARKED;
+        tls.countdown_mean = 0;
+        return false;
+    }
+    bool here = route != PM_ROUTE_PYMALLOC && pm_trace_gate.depth == 0 &&
+                pm_trace_samples_over_pymalloc(pm_domain_current((pm_domain)route));
+    if (!here) {
+        /* Not a call this session samples: a point in it is lost, which biases nothing
+         * (points in disjoint byte ranges are independent); a countdown of another rate is
+         * redrawn so that the next sampled call finds this rate. */
+        if (pm_trace_gate.countdown <= 0 || tls.countdown_mean != mean) draw_countdown(mean);
+        return false;
+    }
+    if (tls.calibrating) return true;
+    if (tls.countdown_mean != mean) {
+        /* Parked, or drawn at another rate: draw at this one, then charge this call. */
+        draw_countdown(mean);
+        pm_trace_gate.countdown -= (int64_t)size;
+    }
+    /* pm_trace_sampled_malloc's sample_slow draws the next countdown. */
+    return pm_trace_gate.countdown <= 0;
 }
 
 /* ---- the hooks ------------------------------------------------------------------------- */
@@ -1003,7 +1040,7 @@ static void *hook_malloc(void *ctx, size_t size) {
     if (__builtin_expect(pm_trace_gate.depth == 0, 1)) {
         size_t mean = pm_atomic_load_size_relaxed(&sample_mean);
         if (mean == 0) return traced_alloc(h, OP_MALLOC, 1, size, size);
-        if (!countdown_runs_on(size)) return malloc_slow(h, size, mean);
+        if (countdown_runs_out(size, mean)) return malloc_slow(h, size, mean);
         if (size - 1 >= h->leaf_limit) return outer_malloc(h, size);
     }
     return h->wrapped.malloc(h->wrapped.ctx, size);
@@ -1023,7 +1060,7 @@ static void *hook_calloc(void *ctx, size_t nelem, size_t elsize) {
         !__builtin_mul_overflow(nelem, elsize, &total)) {
         size_t mean = pm_atomic_load_size_relaxed(&sample_mean);
         if (mean == 0) return traced_alloc(h, OP_CALLOC, nelem, elsize, total);
-        if (!countdown_runs_on(total)) return calloc_slow(h, nelem, elsize, total, mean);
+        if (countdown_runs_out(total, mean)) return calloc_slow(h, nelem, elsize, total, mean);
         if (total - 1 >= h->leaf_limit) return outer_calloc(h, nelem, elsize);
     }
     return h->wrapped.calloc(h->wrapped.ctx, nelem, elsize);
@@ -1114,12 +1151,11 @@ static bool is_hook(const pm_allocator *a) {
 
 void *pm_trace_sampled_malloc(size_t size, int route) {
     const pm_allocator *a = pm_domain_current((pm_domain)route);
-    if (pm_trace_gate.depth == 0 && is_hook(a)) {
-        size_t mean = pm_atomic_load_size_relaxed(&sample_mean);
-        /* The countdown is charged already: straight to the decision. */
-        if (mean != 0) return malloc_slow(a->ctx, size, mean);
-    }
-    /* Nested (the hook passes it on), or the session is ending: whatever is installed. */
+    size_t mean = pm_atomic_load_size_relaxed(&sample_mean);
+    /* pm_trace_pymalloc_sample_point said yes, so the countdown is charged already and of
+     * this rate: straight to the decision. */
+    if (is_hook(a) && mean != 0) return malloc_slow(a->ctx, size, mean);
+    /* The session ended meanwhile: whatever is installed now. */
     return a->malloc(a->ctx, size);
 }
 
@@ -1389,9 +1425,8 @@ static int start(int nframes, size_t mean) PM_GIL_REQUIRED {
     pm_domain_routes_refresh(); /* for a hook left on top, which was not installed again */
     pm_atomic_store_int_relaxed(&max_frames, nframes);
     pm_atomic_store_size_relaxed(&peak_bytes, 0);
-    /* This thread's countdown may be left from a session at another rate; a mean of 1 byte
-     * after one of 512 KiB would wait out megabytes before its first sample. Zero makes
-     * its next call draw at this session's rate (see "Sampling" above for other threads). */
+    /* This thread's countdown may be left from a session at another rate (which the rate
+     * check would catch too); zero makes its next call draw at this session's rate. */
     pm_trace_gate.countdown = 0;
     tls.countdown_mean = 0;
     pm_atomic_store_size_release(&active_session, new_session());

@@ -12,6 +12,9 @@
 #include <math.h>
 #include <stdint.h>
 
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "alloc/internal/trace.h"
@@ -212,6 +215,91 @@ TEST_F(SamplingTest, ANewRateDrawsAFreshCountdown) {
     EXPECT_EQ(1, pm_trace_get_traceback(PM_DOMAIN_RAW, r, &frame, 1));
     pm_mem_free(q);
     pm_raw_free(r);
+    EXPECT_EQ(0u, Current());
+}
+
+// Every thread's countdown follows the session's rate, not only the starting thread's: a
+// thread whose countdown was drawn at the default 512 KiB, with most of it left, samples
+// its first call of 40 bytes or more in a session at 1 byte, through pymalloc's fast path
+// (mem) and through the hook (raw).
+TEST_F(SamplingTest, ANewRateReachesOtherThreadsToo) {
+    std::mutex mutex;
+    std::condition_variable changed;
+    int phase = 0;
+    auto wait_for = [&](int p) {
+        std::unique_lock<std::mutex> lock(mutex);
+        changed.wait(lock, [&] { return phase >= p; });
+    };
+    auto advance = [&](int p) {
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            phase = p;
+        }
+        changed.notify_all();
+    };
+    bool mem_traced = false, raw_traced = false;
+    std::thread worker([&] {
+        wait_for(1);
+        {
+            GilScope gil;
+            void *p = pm_obj_malloc(16);  // draws this thread's countdown at the default rate
+            pm_raw_free(pm_raw_malloc(16));
+            pm_obj_free(p);
+        }
+        advance(2);
+        wait_for(3);
+        {
+            GilScope gil;
+            void *q = pm_mem_malloc(64);
+            void *r = pm_raw_malloc(40);
+            pm_trace_frame frame;
+            mem_traced = q != nullptr && pm_trace_get_traceback(PM_DOMAIN_MEM, q, &frame, 1) == 1;
+            raw_traced = r != nullptr && pm_trace_get_traceback(PM_DOMAIN_RAW, r, &frame, 1) == 1;
+            pm_mem_free(q);
+            pm_raw_free(r);
+        }
+        advance(4);
+    });
+    {
+        GilScope gil;
+        EXPECT_EQ(0, pm_trace_start_sampling(1, 0));
+    }
+    advance(1);
+    wait_for(2);
+    {
+        GilScope gil;
+        pm_trace_stop();
+        EXPECT_EQ(0, pm_trace_start_sampling(1, 1));
+    }
+    advance(3);
+    wait_for(4);
+    worker.join();
+    EXPECT_TRUE(mem_traced) << "the worker's mem call used a countdown of the old rate";
+    EXPECT_TRUE(raw_traced) << "the worker's raw call used a countdown of the old rate";
+    EXPECT_EQ(0u, Current());
+}
+
+// Once a thread's small mallocs run on pymalloc's fast path again (its first one in the
+// session put its heap back in its route), its calls of more than 512 bytes still reach
+// the tracer's hook and are sampled.
+TEST_F(SamplingTest, LargeBlocksAreSampledAfterTheRouteIsArmed) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start_sampling(1, 1));
+    void *small = pm_obj_malloc(16);
+    void *small_mem = pm_mem_malloc(16);
+    void *large = pm_obj_malloc(1000);
+    void *large_mem = pm_mem_malloc(600);
+    ASSERT_NE(nullptr, small);
+    ASSERT_NE(nullptr, small_mem);
+    ASSERT_NE(nullptr, large);
+    ASSERT_NE(nullptr, large_mem);
+    pm_trace_frame frame;
+    EXPECT_EQ(1, pm_trace_get_traceback(PM_DOMAIN_OBJ, large, &frame, 1));
+    EXPECT_EQ(1, pm_trace_get_traceback(PM_DOMAIN_MEM, large_mem, &frame, 1));
+    pm_obj_free(small);
+    pm_mem_free(small_mem);
+    pm_obj_free(large);
+    pm_mem_free(large_mem);
     EXPECT_EQ(0u, Current());
 }
 

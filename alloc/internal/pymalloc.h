@@ -359,9 +359,11 @@ extern const pm_allocator pm_pymalloc_unpooled_allocator;
  *
  *   pm_thread_heaps[PM_DOMAIN_MEM/OBJ]  (per thread) the heap malloc pops from: the thread's
  *                                       heap while pymalloc is installed in the domain,
- *                                       pm_sampling_heap while the tracer samples over it
- *                                       (malloc's slow path counts down to the next
- *                                       sample, then pops from the thread's heap),
+ *                                       pm_sampling_heap when the tracer has begun
+ *                                       to sample over it, until the thread's next
+ *                                       malloc draws its countdown at the session's
+ *                                       rate and puts its own heap back (the fast path
+ *                                       then counts down to each sample point),
  *                                       pm_bypass_heap while anything else is
  *   pm_thread_heaps[PM_ROUTE_PYMALLOC]  (per thread) the thread's own heap, whatever is
  *                                       installed: pymalloc's record and free's owner test
@@ -380,6 +382,7 @@ extern const pm_allocator pm_pymalloc_unpooled_allocator;
  * the own-heap slot is written only by its thread. */
 typedef struct pm_domain_route {
     const pm_map *map;
+    int sampling; /* the tracer samples over pymalloc here: 0 or > 512 bytes go to its hook */
 } pm_domain_route;
 
 extern pm_domain_route pm_domain_routes[PM_DOMAIN_COUNT];
@@ -406,6 +409,20 @@ extern pm_map pm_bypass_map;
 extern __thread pm_heap *pm_thread_heaps[PM_DOMAIN_COUNT]
     __attribute__((tls_model(PM_TLS_MODEL), visibility("hidden")));
 
+/* The tracer's per-thread state (alloc/trace.c), here because malloc's fast path charges
+ * the countdown. Sample points form a Poisson process over the bytes a thread allocates:
+ * the countdown is the bytes left to the next one. While no sampling session runs it is
+ * parked at PM_COUNTDOWN_PARKED, which 512-byte charges never exhaust. */
+struct pm_trace_gate {
+    int64_t countdown; /* bytes to the next sample point; <= 0: malloc's slow path decides */
+    int depth;         /* > 0 inside a tracer hook: nested calls are neither traced nor
+                        * sampled (pymalloc's fast path still charges them, harmlessly:
+                        * a point that falls in such a call is lost, see alloc/trace.c) */
+};
+extern __thread struct pm_trace_gate pm_trace_gate
+    __attribute__((tls_model(PM_TLS_MODEL), visibility("hidden")));
+#define PM_COUNTDOWN_PARKED INT64_MAX
+
 static inline pm_heap *pm_route_heap(int route) {
     return (pm_heap *)pm_atomic_load_ptr_relaxed(&pm_thread_heaps[route]);
 }
@@ -414,6 +431,10 @@ static inline pm_heap *pm_route_heap(int route) {
 static inline pm_heap *pm_own_heap(void) {
     return pm_thread_heaps[PM_ROUTE_PYMALLOC];
 }
+
+/* The calling thread's route for `route` names pm_sampling_heap: points it at the thread's
+ * own heap unless a route update replaced the stand-in meanwhile; returns the own heap. */
+pm_heap *pm_thread_route_arm(int route);
 
 /* Called by pm_set_allocator() after it installs `installed` in a mem or object domain. */
 void pm_domain_route_update(pm_domain domain, const pm_allocator *installed);
@@ -478,13 +499,28 @@ static inline void *pm_pool_take(pm_pool *pool, pm_block *block) {
     return block;
 }
 
-/* malloc's fast path: pop the first free block of the class's first used pool. The only
- * test that leaves it is "no free block", which also covers an exhausted head pool (taking
- * the last block does not look at what is left: the next malloc finds out, and carves or
- * unlinks, see pm_heap_usable_head), an empty list (&pm_no_pool), the stand-in heaps
- * (bypass, sampling, unattached), and sizes pymalloc does not serve. */
+/* Charges a small malloc's bytes to the thread's sampling countdown; false when it ran out
+ * (or was never drawn). On x86-64 one `subq reg, %fs:mem` whose flags feed the branch; gcc
+ * would otherwise load, subtract, store and test. TSan sees the plain C form. */
+static inline bool pm_sample_countdown_runs_on(size_t nbytes) {
+#if defined(__x86_64__) && defined(__GCC_ASM_FLAG_OUTPUTS__) && !PM_TSAN
+    bool positive;
+    __asm__("subq %2, %0" : "+m"(pm_trace_gate.countdown), "=@ccg"(positive) : "r"((int64_t)nbytes));
+    return positive;
+#else
+    return (pm_trace_gate.countdown -= (int64_t)nbytes) > 0;
+#endif
+}
+
+/* malloc's fast path: charge the sampling countdown, pop the first free block of the
+ * class's first used pool. Besides a sample point, the only test that leaves it is "no
+ * free block", which also covers an exhausted head pool (taking the last block does not
+ * look at what is left: the next malloc finds out, and carves or unlinks, see
+ * pm_heap_usable_head), an empty list (&pm_no_pool), the stand-in heaps (bypass, sampling,
+ * unattached), and sizes pymalloc does not serve. */
 static inline void *pm_pymalloc_malloc_inline(pm_heap *heap, size_t nbytes, int route) {
-    if (__builtin_expect(nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD, 1)) {
+    if (__builtin_expect(nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD, 1) &&
+        __builtin_expect(pm_sample_countdown_runs_on(nbytes), 1)) {
         pm_pool *pool = heap->used[pm_size_class(nbytes)];
         pm_block *block = pool->free;
         if (__builtin_expect(block != NULL, 1)) return pm_pool_take(pool, block);

@@ -58,16 +58,16 @@ pm_trace_frame pm_trace_symbolize(pm_trace_frame frame);
  * thread's gate below, calling pm_trace_sampled_malloc when it runs out. */
 bool pm_trace_samples_over_pymalloc(const pm_allocator *record);
 
-/* The tracer's per-thread state that pymalloc's sampling route reads. */
-struct pm_trace_gate {
-    int64_t countdown; /* sampling: bytes to the next sample point */
-    int depth;         /* > 0 inside a hook: nested calls pass through, neither traced nor
-                        * charged to the countdown */
-};
-extern __thread struct pm_trace_gate pm_trace_gate __attribute__((tls_model(PM_TLS_MODEL)));
+/* pymalloc's malloc charged `size` (1..512 bytes) to the calling thread's countdown and it
+ * ran out, or the thread's route for `route` still named pm_sampling_heap (its first call
+ * since a sampling session began). Returns true when this call is a sample: the caller
+ * then serves it with pm_trace_sampled_malloc. Otherwise the countdown was redrawn (at a
+ * new session's rate, or because the point fell in a call that is not sampled: nested in a
+ * hook, or pymalloc's own record) or parked (no sampling session), and pymalloc serves the
+ * call itself, without charging it again. */
+bool pm_trace_pymalloc_sample_point(size_t size, int route);
 
-/* A mem or object malloc of 1..512 bytes on the sampling route whose countdown (already
- * charged) ran out, or that is nested in a hook. */
+/* Serves a sample of pm_trace_pymalloc_sample_point: traced, from the raw domain. */
 void *pm_trace_sampled_malloc(size_t size, int route);
 
 /* ---- test hooks ---------------------------------------------------------------------- */
