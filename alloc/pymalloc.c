@@ -257,6 +257,7 @@ static void *malloc_from_new_pool(pm_heap *heap, unsigned size_class) {
 }
 
 static inline void *malloc_uncharged(pm_heap *heap, size_t nbytes, int route);
+static void *malloc_at_sample_point(size_t nbytes, pm_heap *heap, int route);
 
 /* Everything malloc's slow path does but its commonest case (below). */
 static __attribute__((noinline)) void *malloc_slower(size_t nbytes, pm_heap *heap, int route) {
@@ -271,10 +272,12 @@ static __attribute__((noinline)) void *malloc_slower(size_t nbytes, pm_heap *hea
     if (heap == &pm_unattached_heap) {
         if (pm_thread_attach() == NULL) return NULL;
         heap = pm_route_heap(route);
-        /* This call was charged (and found no sample point) already. */
-        if (heap == &pm_sampling_heap) heap = pm_thread_route_arm(route);
-        if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD) return malloc_uncharged(heap, nbytes, route);
-        return pm_pymalloc_malloc_inline(heap, nbytes, route);
+        if (nbytes - 1 >= PM_SMALL_REQUEST_THRESHOLD) return pm_pymalloc_malloc_inline(heap, nbytes, route);
+        /* This call was charged already. Attaching may have put the thread on the sampling
+         * stand-in, whose way out redraws a countdown of another rate (found by
+         * fuzz/fuzz_threads.c: arming here directly kept a parked countdown). */
+        if (heap == &pm_sampling_heap) return malloc_at_sample_point(nbytes, heap, route);
+        return malloc_uncharged(heap, nbytes, route);
     }
     if (heap == &pm_bypass_heap || heap == &pm_sampling_heap) {
         return malloc_through_table(nbytes, route);

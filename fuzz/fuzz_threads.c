@@ -48,8 +48,7 @@
  *     operation, or a native one), and no block from before is;
  *   - sampling: whether a new block is traced is observed once, by the thread that made
  *     it, and must then hold until it is freed; at a mean of 1 byte, a block of 40 bytes
- *     or more is always traced when the thread's countdown is of this rate (drawn in this
- *     session, or never drawn: see "Sampling" in alloc/trace.c for stale countdowns);
+ *     or more is always traced, whatever rate the thread's countdown had before;
  *   - a freed block (by any thread), or the old address of a block realloc moved, is not
  *     traced; nothing is traced when not tracing; a start in another mode or at another
  *     rate while tracing fails with EBUSY;
@@ -136,11 +135,6 @@ static trace_mode mode;
 static size_t mean;          /* of the sampling session, PM_TRACE_DEFAULT_SAMPLE_BYTES for 0 */
 static bool provider_on;
 static size_t provider_calls; /* during the operation running */
-/* The rate each worker's sampling countdown was last known to be drawn at; 0: not drawn
- * since the thread began or started a session (both leave it to be drawn at the next
- * session's rate). A countdown at another rate is stale: the thread's first sample point
- * in the session may come at that rate. */
-static size_t drawn_mean[WORKERS];
 
 static _Thread_local int worker_self = -1;
 
@@ -312,13 +306,12 @@ static void observe_new_block(live_block *block, int who) {
         }
         break;
     case TRACE_SAMPLING: {
-        bool fresh = drawn_mean[who] == 0 || drawn_mean[who] == mean;
-        if (!block->traced && fresh && mean == 1 && block->size >= SAMPLE_EVERY_BYTE_FROM) {
+        /* Every thread's countdown follows the session's rate, however the thread came
+         * (attached, detached, new, idle across sessions). */
+        if (!block->traced && mean == 1 && block->size >= SAMPLE_EVERY_BYTE_FROM) {
             fail("block %p (%zu bytes, domain %d) made by worker %d sampling at a mean of 1 "
                  "byte is not traced", (void *)block->ptr, block->size, (int)block->domain, who);
         }
-        /* A fresh countdown is drawn at this rate by the call; a sample draws a new one. */
-        if (fresh || block->traced) drawn_mean[who] = mean;
         break;
     }
     }
@@ -346,7 +339,7 @@ static void forget_traces(void) {
     for (size_t i = 0; i < live_count; i++) live[i].traced = false;
 }
 
-static void start_tracing(int who, bool sampling, uint8_t a) {
+static void start_tracing(bool sampling, uint8_t a) {
     pm_assert_free_threaded();
     size_t asked = sampling ? MEANS[a & 3] : 0;
     size_t effective = sampling && asked == 0 ? PM_TRACE_DEFAULT_SAMPLE_BYTES : asked;
@@ -357,7 +350,6 @@ static void start_tracing(int who, bool sampling, uint8_t a) {
         if (result != 0) fail("start (sampling %d, mean %zu) failed: errno %d", sampling, asked, errno);
         mode = wanted;
         mean = effective;
-        drawn_mean[who] = 0; /* start zeroes the starting thread's countdown */
     } else if (mode == wanted && mean == effective) {
         if (result != 0) fail("start again in the same mode failed: errno %d", errno);
     } else if (result != -1 || errno != EBUSY) {
@@ -427,7 +419,7 @@ static void run_request(const request *r, int who) {
         return;
     case ACT_TRACE_FULL:
     case ACT_TRACE_SAMPLE:
-        start_tracing(who, r->what == ACT_TRACE_SAMPLE, r->a);
+        start_tracing(r->what == ACT_TRACE_SAMPLE, r->a);
         return;
     case ACT_TRACE_STOP:
         pm_trace_stop();
@@ -482,7 +474,6 @@ static void *worker_main(void *arg) {
 
 static void start_worker(pthread_t *threads, int who) {
     worker_seed[who] = worker_seed[who] * 0x100000001B3ull + (uint64_t)who + 1;
-    drawn_mean[who] = 0; /* a new thread's countdown is not drawn yet */
     if (pthread_create(&threads[who], NULL, worker_main, (void *)(intptr_t)who) != 0) {
         fail("pthread_create failed");
     }

@@ -279,6 +279,56 @@ TEST_F(SamplingTest, ANewRateReachesOtherThreadsToo) {
     EXPECT_EQ(0u, Current());
 }
 
+// A thread that attaches while a session samples (here: it detached, as runtimes that
+// manage their threads do) draws its countdown at the session's rate even though its
+// countdown was parked, with exabytes left, while no session ran. Found by
+// fuzz/fuzz_threads.c: attaching put the thread's own heap back in its route without
+// looking at the countdown.
+TEST_F(SamplingTest, AThreadAttachingDuringASessionSamplesAtItsRate) {
+    std::mutex mutex;
+    std::condition_variable changed;
+    int phase = 0;
+    auto wait_for = [&](int p) {
+        std::unique_lock<std::mutex> lock(mutex);
+        changed.wait(lock, [&] { return phase >= p; });
+    };
+    auto advance = [&](int p) {
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            phase = p;
+        }
+        changed.notify_all();
+    };
+    bool traced = false;
+    std::thread worker([&] {
+        {
+            GilScope gil;
+            pm_obj_free(pm_obj_malloc(16));  // no session: parks this thread's countdown
+        }
+        pm_thread_detach();
+        advance(1);
+        wait_for(2);
+        {
+            GilScope gil;
+            void *p = pm_obj_malloc(258);  // attaches again, on the sampling route
+            pm_trace_frame frame;
+            traced = p != nullptr && pm_trace_get_traceback(PM_DOMAIN_OBJ, p, &frame, 1) == 1;
+            pm_obj_free(p);
+        }
+        advance(3);
+    });
+    wait_for(1);
+    {
+        GilScope gil;
+        EXPECT_EQ(0, pm_trace_start_sampling(1, 1));
+    }
+    advance(2);
+    wait_for(3);
+    worker.join();
+    EXPECT_TRUE(traced) << "the attaching thread kept its parked countdown";
+    EXPECT_EQ(0u, Current());
+}
+
 // Once a thread's small mallocs run on pymalloc's fast path again (its first one in the
 // session put its heap back in its route), its calls of more than 512 bytes still reach
 // the tracer's hook and are sampled.
