@@ -37,6 +37,27 @@ size_t Current() {
     return current;
 }
 
+// Steps two threads through numbered phases: each waits for the other's step.
+class Phases {
+  public:
+    void Advance(int to) {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            phase_ = to;
+        }
+        changed_.notify_all();
+    }
+    void WaitFor(int at_least) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        changed_.wait(lock, [&] { return phase_ >= at_least; });
+    }
+
+  private:
+    std::mutex mutex_;
+    std::condition_variable changed_;
+    int phase_ = 0;
+};
+
 struct SampledRun {
     double truth = 0;
     double estimate = 0;
@@ -223,31 +244,18 @@ TEST_F(SamplingTest, ANewRateDrawsAFreshCountdown) {
 // its first call of 40 bytes or more in a session at 1 byte, through pymalloc's fast path
 // (mem) and through the hook (raw).
 TEST_F(SamplingTest, ANewRateReachesOtherThreadsToo) {
-    std::mutex mutex;
-    std::condition_variable changed;
-    int phase = 0;
-    auto wait_for = [&](int p) {
-        std::unique_lock<std::mutex> lock(mutex);
-        changed.wait(lock, [&] { return phase >= p; });
-    };
-    auto advance = [&](int p) {
-        {
-            std::lock_guard<std::mutex> lock(mutex);
-            phase = p;
-        }
-        changed.notify_all();
-    };
+    Phases phases;
     bool mem_traced = false, raw_traced = false;
     std::thread worker([&] {
-        wait_for(1);
+        phases.WaitFor(1);
         {
             GilScope gil;
             void *p = pm_obj_malloc(16);  // draws this thread's countdown at the default rate
             pm_raw_free(pm_raw_malloc(16));
             pm_obj_free(p);
         }
-        advance(2);
-        wait_for(3);
+        phases.Advance(2);
+        phases.WaitFor(3);
         {
             GilScope gil;
             void *q = pm_mem_malloc(64);
@@ -258,21 +266,21 @@ TEST_F(SamplingTest, ANewRateReachesOtherThreadsToo) {
             pm_mem_free(q);
             pm_raw_free(r);
         }
-        advance(4);
+        phases.Advance(4);
     });
     {
         GilScope gil;
         EXPECT_EQ(0, pm_trace_start_sampling(1, 0));
     }
-    advance(1);
-    wait_for(2);
+    phases.Advance(1);
+    phases.WaitFor(2);
     {
         GilScope gil;
         pm_trace_stop();
         EXPECT_EQ(0, pm_trace_start_sampling(1, 1));
     }
-    advance(3);
-    wait_for(4);
+    phases.Advance(3);
+    phases.WaitFor(4);
     worker.join();
     EXPECT_TRUE(mem_traced) << "the worker's mem call used a countdown of the old rate";
     EXPECT_TRUE(raw_traced) << "the worker's raw call used a countdown of the old rate";
@@ -285,20 +293,7 @@ TEST_F(SamplingTest, ANewRateReachesOtherThreadsToo) {
 // fuzz/fuzz_threads.c: attaching put the thread's own heap back in its route without
 // looking at the countdown.
 TEST_F(SamplingTest, AThreadAttachingDuringASessionSamplesAtItsRate) {
-    std::mutex mutex;
-    std::condition_variable changed;
-    int phase = 0;
-    auto wait_for = [&](int p) {
-        std::unique_lock<std::mutex> lock(mutex);
-        changed.wait(lock, [&] { return phase >= p; });
-    };
-    auto advance = [&](int p) {
-        {
-            std::lock_guard<std::mutex> lock(mutex);
-            phase = p;
-        }
-        changed.notify_all();
-    };
+    Phases phases;
     bool traced = false;
     std::thread worker([&] {
         {
@@ -306,8 +301,8 @@ TEST_F(SamplingTest, AThreadAttachingDuringASessionSamplesAtItsRate) {
             pm_obj_free(pm_obj_malloc(16));  // no session: parks this thread's countdown
         }
         pm_thread_detach();
-        advance(1);
-        wait_for(2);
+        phases.Advance(1);
+        phases.WaitFor(2);
         {
             GilScope gil;
             void *p = pm_obj_malloc(258);  // attaches again, on the sampling route
@@ -315,15 +310,15 @@ TEST_F(SamplingTest, AThreadAttachingDuringASessionSamplesAtItsRate) {
             traced = p != nullptr && pm_trace_get_traceback(PM_DOMAIN_OBJ, p, &frame, 1) == 1;
             pm_obj_free(p);
         }
-        advance(3);
+        phases.Advance(3);
     });
-    wait_for(1);
+    phases.WaitFor(1);
     {
         GilScope gil;
         EXPECT_EQ(0, pm_trace_start_sampling(1, 1));
     }
-    advance(2);
-    wait_for(3);
+    phases.Advance(2);
+    phases.WaitFor(3);
     worker.join();
     EXPECT_TRUE(traced) << "the attaching thread kept its parked countdown";
     EXPECT_EQ(0u, Current());
