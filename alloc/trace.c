@@ -124,7 +124,7 @@
  * that charged the countdown and popped from the thread's heap, about 18 instructions
  * more. With the countdown in malloc's own fast path (two instructions on every pair,
  * paid for by the arena map of one word per pool, alloc/internal/pymalloc.h) sampling
- * costs COST_TBD.
+ * costs 1.00-1.04x (medians of 11-15 rounds): an unsampled call is what every call pays.
  * Full tracing with one
  * provider frame costs 6.2-7.1x, +544 instructions and +210-230 ns a step (8.1-9.3x and
  * +681 before the cheap paths: the traceback cache, no filter, prefetch, frameless hooks;
