@@ -25,7 +25,9 @@
  * start in the same OS page as the next uncarved block are linked in address order. That
  * touches no page before a block in it is handed out (a fresh arena costs only the pages of
  * the pools in use) and amortises the slow path over a page's worth of blocks instead of
- * taking it for every block, as carving one at a time would.
+ * taking it for every block, as carving one at a time would. One exception: a class that
+ * has filled a pool gets its next fresh pool faulted in whole, in one call, since it will
+ * very likely fill it too (pm_pool_populate_if_growing; the cost of faults is in arena.c).
  *
  * Used-list order. malloc takes from the head of its class's list until the head pool is
  * exhausted; a full pool that gets a block back joins the *back* of the list. CPython puts
@@ -165,6 +167,16 @@ bool pm_pool_carve(pm_pool *pool) {
     return pool_carve(pool);
 }
 
+/* A class that has filled a pool and needs a fresh one is growing: it will very likely
+ * fill this one too, so its pages are faulted in at once (pm_arena_populate_pool) rather
+ * than one fault per page as carving reaches them. A class's first pool, and a pool used
+ * before (its pages are in memory already), are left alone. */
+void pm_pool_populate_if_growing(const pm_heap *heap, const pm_pool *pool, unsigned size_class) {
+    if (pool->size_class == PM_NO_CLASS && (heap->filled_classes >> size_class & 1) != 0) {
+        pm_arena_populate_pool(pool);
+    }
+}
+
 /* Gets an empty pool ready to serve `size_class`. An empty pool last used for the same class
  * keeps its free list, which then holds every carved block; anything else starts carving
  * afresh. */
@@ -225,6 +237,7 @@ bool pm_pool_settle(pm_pool *pool) {
 /* Takes the head, just marked full, off its list until a block comes back; returns the new
  * head. Only the head is ever popped, so the next pool has free blocks. */
 static inline pm_pool *unlink_full_head(pm_heap *heap, pm_pool *head, unsigned size_class) {
+    heap->filled_classes |= 1u << size_class;
     pm_pool *next = head->next;
     head->next = NULL;
     if (next != NULL) {
@@ -250,6 +263,7 @@ pm_pool *pm_heap_usable_head(pm_heap *heap, unsigned size_class) {
 static void *malloc_from_new_pool(pm_heap *heap, unsigned size_class) {
     pm_pool *pool = pm_arena_take_pool();
     if (pool == NULL) return NULL;
+    pm_pool_populate_if_growing(heap, pool, size_class);
     pm_pool_set_owner(pool, heap);
     pm_pool_prepare(pool, size_class);
     pm_heap_push_front(heap, pool);

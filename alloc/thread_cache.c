@@ -449,6 +449,7 @@ void *pm_thread_cache_refill(pm_heap *heap, unsigned size_class) {
         }
         pm_pool_unlock();
         if (pool == NULL) return NULL;
+        pm_pool_populate_if_growing(heap, pool, size_class);
     }
     pm_pool_prepare(pool, size_class);
     pm_heap_push_front(heap, pool);

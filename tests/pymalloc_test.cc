@@ -6,6 +6,7 @@
 // holds it for its whole body (GilScope), as do SetUp and TearDown; all on one thread.
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstring>
@@ -397,6 +398,60 @@ TEST_F(PymallocTest, AFullPoolReturnsToTheBackOfItsList) {
     blocks.push_back(pm_obj_malloc(400));
     EXPECT_EQ(pm_pool_of(blocks.back()), other) << "the head pool serves first";
     for (void *b : blocks) pm_obj_free(b);
+}
+
+// Pages of [p, p + size) in memory, by mincore(2).
+size_t ResidentPages(uintptr_t p, size_t size) {
+    size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    std::vector<unsigned char> in_core(size / page);
+    if (mincore(reinterpret_cast<void *>(p), size, in_core.data()) != 0) return SIZE_MAX;
+    size_t resident = 0;
+    for (unsigned char c : in_core) resident += c & 1;
+    return resident;
+}
+
+// Takes pools from the arenas until one has never been used (its pages never touched).
+pm_pool *TakeFreshPool(std::vector<pm_pool *> *taken) PM_GIL_REQUIRED {
+    for (;;) {
+        pm_pool *pool = pm_arena_take_pool();
+        if (pool == nullptr) return nullptr;
+        taken->push_back(pool);
+        if (pool->size_class == PM_NO_CLASS) return pool;
+    }
+}
+
+// Memory is touched only as it is needed: a pool's first block faults in its first page
+// alone. The one exception is a class that has filled a pool: its next fresh pool is
+// faulted in whole, in one call, because it will very likely fill too.
+TEST_F(PymallocTest, PagesAreTouchedAsNeededExceptAGrowingClassesNextPool) {
+    GilScope gil;
+    std::vector<pm_pool *> taken;
+    pm_pool *lazy = TakeFreshPool(&taken);
+    pm_pool *grown = TakeFreshPool(&taken);
+    ASSERT_NE(nullptr, lazy);
+    ASSERT_NE(nullptr, grown);
+    ASSERT_EQ(0u, ResidentPages(lazy->memory, PM_POOL_SIZE));
+    ASSERT_EQ(0u, ResidentPages(grown->memory, PM_POOL_SIZE));
+
+    pm_heap heap{};  // a heap none of whose classes has filled a pool
+    const unsigned size_class = 3;
+    pm_pool_populate_if_growing(&heap, lazy, size_class);
+    pm_pool_prepare(lazy, size_class);  // links the blocks of the first page
+    EXPECT_EQ(1u, ResidentPages(lazy->memory, PM_POOL_SIZE)) << "a first pool is touched lazily";
+
+    heap.filled_classes = 1u << size_class;
+    pm_pool_populate_if_growing(&heap, grown, size_class);
+    size_t pages = PM_POOL_SIZE / static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    // MADV_POPULATE_WRITE needs Linux 5.14; without it the pages stay lazy.
+    void *probe = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(MAP_FAILED, probe);
+    bool kernel_populates = madvise(probe, 4096, 23 /* MADV_POPULATE_WRITE */) == 0;
+    munmap(probe, 4096);
+    EXPECT_EQ(kernel_populates ? pages : 0u, ResidentPages(grown->memory, PM_POOL_SIZE));
+
+    // Give everything back: the carved pool holds only free blocks.
+    for (pm_pool *pool : taken) pm_arena_return_pool(pool);
+    EXPECT_EQ(nullptr, pm_heap_check());
 }
 
 TEST_F(PymallocTest, RandomChurnKeepsTheHeapConsistent) {

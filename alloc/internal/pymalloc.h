@@ -175,6 +175,7 @@ typedef struct pm_heap {
     pm_pool *used[PM_NUM_CLASSES];
     pm_pool *used_last[PM_NUM_CLASSES]; /* tail of each used list; NULL when it is empty */
     pm_heap_kind kind;
+    uint32_t filled_classes;             /* bit c: a pool of class c has filled up here */
     pm_pool *stash;                      /* empty pools kept for reuse, via next */
     uint32_t stash_count;
     uint32_t stash_per_class[PM_NUM_CLASSES]; /* by each stashed pool's last class */
@@ -328,6 +329,10 @@ static inline bool pm_pymalloc_owns(const void *p) {
 /* An empty pool for a heap, from the busiest arena that has one; NULL when the arena
  * allocator fails (the heap is then unchanged). */
 pm_pool *pm_arena_take_pool(void);
+/* Faults in the pages of a pool taken from its arena for the first time, in one call
+ * instead of a fault per page, when its arena came from the default arena allocator and
+ * the kernel can (MADV_POPULATE_WRITE); otherwise does nothing. Call it without locks. */
+void pm_arena_populate_pool(const pm_pool *pool);
 /* Gives an empty pool back; may release its arena to the OS. */
 void pm_arena_return_pool(pm_pool *pool);
 
@@ -458,6 +463,7 @@ void pm_outbox_flush(pm_heap *heap);
 
 /* Pool helpers shared with alloc/thread_cache.c. */
 void pm_pool_prepare(pm_pool *pool, unsigned size_class);
+void pm_pool_populate_if_growing(const pm_heap *heap, const pm_pool *pool, unsigned size_class);
 bool pm_pool_carve(pm_pool *pool); /* free list empty: carve the next page's blocks */
 void *pm_pool_pop_first(pm_pool *pool);
 /* A pool whose free list is empty (malloc took its last block and left it at the head of
