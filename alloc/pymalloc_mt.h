@@ -141,7 +141,7 @@ PM_API size_t pm_arena_size(void);
 
 /* Wholly free arenas are kept mapped, up to this many bytes, so that a program that frees
  * everything and allocates again does not pay for unmapping and re-faulting; the rest go
- * back to the OS at once. Default 512 KiB (at least one arena); 0 releases every free arena
+ * back to the OS at once. Default 768 KiB (at least one arena); 0 releases every free arena
  * immediately. Lowering it releases the excess now. (GIL held.) */
 PM_API void pm_set_arena_reserve(size_t bytes) PM_GIL_REQUIRED;
 PM_API size_t pm_get_arena_reserve(void) PM_GIL_REQUIRED;

@@ -191,7 +191,7 @@ def rows_for(kernel, selected):
 
 def row_label(kernel, row):
     if kernel.reserve_rows and row is PYMALLOC_MT:
-        return f"{row.label}, reserve 512 KiB (default)"
+        return f"{row.label}, reserve 768 KiB (default)"
     return row.label
 
 
@@ -675,6 +675,21 @@ def main():
                        f"mimalloc, jemalloc, tcmalloc | {ft_ir:.1f} (GIL {gil_ir:.1f}, peers "
                        f"{', '.join(f'{p:.1f}' for p in peers) or '—'}) | "
                        f"{verdict(ft_ir <= 1.25 * gil_ir and all(ft_ir < p for p in peers))} |")
+    # Issue 3 (pymalloc): churn faster than every peer; the batch at least as fast as mimalloc.
+    mine = med("churn", PYMALLOC_MT.label, "cpu_ns_per_op")
+    peers = {r.label: med("churn", r.label, "cpu_ns_per_op") for r in PEER_ROWS + [CPYTHON]}
+    peers = {k: v for k, v in peers.items() if v is not None}
+    if mine is not None and peers:
+        best = min(peers, key=peers.get)
+        targets.append(f"| churn CPU ns/step below every peer's, {PYMALLOC_MT.label} | "
+                       f"{mine:.1f} (best peer {best} {peers[best]:.1f}) | "
+                       f"{verdict(all(mine < v for v in peers.values()))} |")
+    mi_row = next((r for r in PEER_ROWS if r.key == "mimalloc"), None)
+    mine = med("batch", PYMALLOC_MT.label, "cpu_ns_per_op")
+    theirs = med("batch", mi_row.label, "cpu_ns_per_op") if mi_row else None
+    if mine is not None and theirs is not None:
+        targets.append(f"| batch CPU ns/block ≤ mimalloc's, {PYMALLOC_MT.label} | {mine:.1f} "
+                       f"(mimalloc {theirs:.1f}) | {verdict(mine <= theirs)} |")
     pm_rss32 = row_label(KERNEL_BY_NAME["rss32"], PYMALLOC_MT)
     live_pm = med("rss32", pm_rss32, "rss_live_kib")
     live_cp = med("rss32", CPYTHON.label, "rss_live_kib")
