@@ -253,7 +253,8 @@ static size_t reserve_count;
  * 5 with three, at 8 pools an arena), small enough that freeing everything returns memory
  * to within 1 MiB of where it started (rss32: 0.83 MiB). Larger reserves buy nothing until
  * they approach the working set (README, "Arena reserve"). */
-#define DEFAULT_RESERVE_BYTES (PM_ARENA_SIZE > ((size_t)768 << 10) ? PM_ARENA_SIZE : ((size_t)768 << 10))
+#define DEFAULT_RESERVE_BYTES \
+    (PM_ARENA_SIZE > ((size_t)768 << 10) ? PM_ARENA_SIZE : ((size_t)768 << 10))
 static size_t reserve_limit_bytes = DEFAULT_RESERVE_BYTES;
 
 static void bucket_insert(pm_arena *arena, uint32_t k) {

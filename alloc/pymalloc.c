@@ -286,7 +286,9 @@ static __attribute__((noinline)) void *malloc_slower(size_t nbytes, pm_heap *hea
     if (heap == &pm_unattached_heap) {
         if (pm_thread_attach() == NULL) return NULL;
         heap = pm_route_heap(route);
-        if (nbytes - 1 >= PM_SMALL_REQUEST_THRESHOLD) return pm_pymalloc_malloc_inline(heap, nbytes, route);
+        if (nbytes - 1 >= PM_SMALL_REQUEST_THRESHOLD) {
+            return pm_pymalloc_malloc_inline(heap, nbytes, route);
+        }
         /* This call was charged already. Attaching may have put the thread on the sampling
          * stand-in, whose way out redraws a countdown of another rate (found by
          * fuzz/fuzz_threads.c: arming here directly kept a parked countdown). */
@@ -344,7 +346,9 @@ static inline void *malloc_uncharged(pm_heap *heap, size_t nbytes, int route) {
 static __attribute__((noinline)) void *malloc_at_sample_point(size_t nbytes, pm_heap *heap,
                                                               int route) {
     if (heap == &pm_sampling_heap) heap = pm_thread_route_arm(route);
-    if (pm_trace_pymalloc_sample_point(nbytes, route)) return pm_trace_sampled_malloc(nbytes, route);
+    if (pm_trace_pymalloc_sample_point(nbytes, route)) {
+        return pm_trace_sampled_malloc(nbytes, route);
+    }
     return malloc_uncharged(heap, nbytes, route);
 }
 

@@ -511,7 +511,9 @@ static inline void *pm_pool_take(pm_pool *pool, pm_block *block) {
 static inline bool pm_sample_countdown_runs_on(size_t nbytes) {
 #if defined(__x86_64__) && defined(__GCC_ASM_FLAG_OUTPUTS__) && !PM_TSAN
     bool positive;
-    __asm__("subq %2, %0" : "+m"(pm_trace_gate.countdown), "=@ccg"(positive) : "r"((int64_t)nbytes));
+    __asm__("subq %2, %0"
+            : "+m"(pm_trace_gate.countdown), "=@ccg"(positive)
+            : "r"((int64_t)nbytes));
     return positive;
 #else
     return (pm_trace_gate.countdown -= (int64_t)nbytes) > 0;
