@@ -120,8 +120,9 @@ typedef struct pm_pool {
     uintptr_t memory;        /* the pool's PM_POOL_SIZE bytes of blocks */
 } __attribute__((aligned(64))) pm_pool;
 
-/* log2(sizeof(pm_pool)): the arena map turns a block's pool number into its header with a
- * shift. A line per header also keeps two threads' pools off each other's lines. */
+/* log2(sizeof(pm_pool)): one cache line per header, which also keeps two threads' pools
+ * off each other's lines. (128-byte headers, against adjacent-line effects, changed nothing
+ * on two-thread churn: 13.83 against 13.71 ns, medians of 11.) */
 #define PM_POOL_HEADER_SHIFT 6
 
 /* Set in used_state while a pool is full (and so on no list). Keeping the flag in the count's
