@@ -426,10 +426,14 @@ void pm_arena_populate_pool(const pm_pool *pool) {
         pm_atomic_load_int_relaxed(&populate_unsupported)) {
         return;
     }
-    /* A hint: if it fails, the pages fault in one by one as blocks are carved. */
-    if (madvise((void *)pool->memory, PM_POOL_SIZE, MADV_POPULATE_WRITE) != 0 && errno == EINVAL) {
+    /* A hint: if it fails, the pages fault in one by one as blocks are carved. The malloc
+     * it runs in succeeds either way, so the caller's errno is left as it was. */
+    int saved_errno = errno;
+    if (madvise((void *)pool->memory, PM_POOL_SIZE, MADV_POPULATE_WRITE) != 0 &&
+        errno == EINVAL) {
         pm_atomic_store_int_relaxed(&populate_unsupported, 1);
     }
+    errno = saved_errno;
 }
 
 void pm_arena_return_pool(pm_pool *pool) {

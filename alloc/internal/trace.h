@@ -54,8 +54,9 @@ pm_trace_frame pm_trace_symbolize(pm_trace_frame frame);
  * sampling session. Its sampled blocks then come from the raw domain
  * (pm_pymalloc_unpooled_allocator) and no pool block is traced, so pymalloc serves the
  * domain itself (alloc/internal/pymalloc.h, routes): free's fast path takes pool blocks
- * without calling the hook, and malloc counts down to the next sample point with the
- * thread's gate below, calling pm_trace_sampled_malloc when it runs out. */
+ * without calling the hook, and malloc's fast path counts down to the next sample point
+ * with the thread's gate (pm_trace_gate, alloc/internal/pymalloc.h); when it runs out,
+ * pm_trace_pymalloc_sample_point decides and pm_trace_sampled_malloc serves a sample. */
 bool pm_trace_samples_over_pymalloc(const pm_allocator *record);
 
 /* pymalloc's malloc charged `size` (1..512 bytes) to the calling thread's countdown and it
