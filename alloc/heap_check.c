@@ -121,7 +121,8 @@ static bool is_thread_heap(const pm_heap *heap) {
 
 /* The heaps a pool in use may name as its owner. */
 static bool is_heap(const pm_heap *heap) {
-    return heap == &pm_main_heap || heap == &pm_shared_heap || is_thread_heap(heap);
+    return heap == &pm_main_heap || heap == &pm_traced_heap || heap == &pm_shared_heap ||
+           is_thread_heap(heap);
 }
 
 

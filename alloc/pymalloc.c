@@ -95,6 +95,7 @@ pm_pool pm_no_pool; /* free == NULL: an empty list's head looks full */
 #define ALL_LISTS_EMPTY {[0 ... PM_NUM_CLASSES - 1] = &pm_no_pool}
 
 pm_heap pm_main_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_MAIN};
+pm_heap pm_traced_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_TRACED};
 
 /* ---- used lists ---------------------------------------------------------------------- */
 
@@ -201,6 +202,7 @@ void *pm_pool_pop_first(pm_pool *pool) {
 
 pm_heap pm_bypass_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SENTINEL};
 pm_heap pm_sampling_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SENTINEL};
+pm_heap pm_traced_route_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SENTINEL};
 pm_heap pm_unattached_heap = {.used = ALL_LISTS_EMPTY, .kind = PM_HEAP_SENTINEL};
 /* Every leaf offset 0, so every lookup finds none_pool. Never written, yet not const: a
  * const object of 1.5 MiB of zeros would be stored in the binary (.rodata); this is .bss. */
@@ -295,6 +297,7 @@ static __attribute__((noinline)) void *malloc_slower(size_t nbytes, pm_heap *hea
         if (heap == &pm_sampling_heap) return malloc_at_sample_point(nbytes, heap, route);
         return malloc_uncharged(heap, nbytes, route);
     }
+    if (heap == &pm_traced_route_heap) return pm_trace_route_malloc(nbytes, route);
     if (heap == &pm_bypass_heap || heap == &pm_sampling_heap) {
         return malloc_through_table(nbytes, route);
     }
@@ -376,7 +379,7 @@ void pm_pymalloc_free_slow(pm_pool *pool) {
     } else {
         pm_heap_unlink(heap, pool); /* empty */
     }
-    if (__builtin_expect(heap == &pm_main_heap, 1)) {
+    if (__builtin_expect(heap == &pm_main_heap, 1) || heap == &pm_traced_heap) {
         pm_arena_return_pool(pool);
     } else {
         pm_thread_cache_pool_empty(heap, pool);
@@ -398,6 +401,10 @@ void pm_pymalloc_free_other_heap(pm_pool *pool, void *p, int route) {
     pm_heap *owner = pm_pool_owner(pool);
     if (owner == own) {
         pm_pool_free_block(pool, (pm_block *)p);
+        return;
+    }
+    if (owner == &pm_traced_heap) {
+        pm_trace_free_in_block(pool, p);
         return;
     }
     if (owner == NULL || owner->kind == PM_HEAP_SENTINEL || owner == &pm_main_heap) {
@@ -459,6 +466,13 @@ void pm_raw_blocks_sub(void) {
 
 /* ---- calloc and realloc -------------------------------------------------------------- */
 
+/* Bytes the caller of p, a block of `pool`, may use: the block, less the tracer's record in
+ * front of a traced heap's blocks. */
+static size_t usable_size(const pm_pool *pool) {
+    size_t size = pm_class_block_size(pool->size_class);
+    return pm_pool_owner(pool) == &pm_traced_heap ? size - PM_TRACE_RECORD_BYTES : size;
+}
+
 void *pm_pymalloc_calloc(void *ctx, size_t nelem, size_t elsize) {
     (void)ctx;
     if (elsize != 0 && nelem > (size_t)PTRDIFF_MAX / elsize) return NULL;
@@ -482,11 +496,12 @@ void *pm_pymalloc_realloc(void *ctx, void *p, size_t nbytes) {
          * the raw domain whatever its new size, as in CPython. */
         return pm_raw_realloc(p, nbytes);
     }
-    size_t size = pm_class_block_size(pool->size_class);
+    size_t size = usable_size(pool);
     size_t keep = size;
     if (nbytes <= size) {
-        /* Shrinking by less than a quarter: not worth a copy. */
-        if (4 * nbytes > 3 * size) return p;
+        /* Shrinking by less than a quarter: not worth a copy. A traced heap's block always
+         * moves, so that its record, which only the tracer writes, leaves with it. */
+        if (4 * nbytes > 3 * size && pm_pool_owner(pool) != &pm_traced_heap) return p;
         keep = nbytes;
     }
     void *q = pm_pymalloc_malloc_inline(pm_own_heap(), nbytes, PM_ROUTE_PYMALLOC);
@@ -539,7 +554,7 @@ static void *unpooled_realloc(void *ctx, void *p, size_t nbytes) {
     if (p == NULL) return unpooled_malloc(ctx, nbytes);
     pm_pool *pool = pm_pool_of(p);
     if (pool == NULL) return pm_raw_realloc(p, nbytes);
-    size_t size = pm_class_block_size(pool->size_class);
+    size_t size = usable_size(pool);
     void *q = unpooled_malloc(ctx, nbytes);
     if (q == NULL) return NULL; /* p untouched and still valid */
     memcpy(q, p, nbytes < size ? nbytes : size);

@@ -166,7 +166,7 @@ pm_heap *pm_thread_heaps_registry; /* push-front, published with release; never 
 static size_t attached_threads; /* written under the registry lock; read without it */
 static bool threading_frozen;            /* a thread has attached: pm_init may not run */
 /* What serves each domain's malloc (see the routes in alloc/internal/pymalloc.h). */
-typedef enum route_kind { ROUTE_TABLE, ROUTE_PYMALLOC, ROUTE_SAMPLING } route_kind;
+typedef enum route_kind { ROUTE_TABLE, ROUTE_PYMALLOC, ROUTE_SAMPLING, ROUTE_TRACED } route_kind;
 static route_kind route_kinds[PM_DOMAIN_COUNT] = {ROUTE_TABLE, ROUTE_PYMALLOC, ROUTE_PYMALLOC};
 static pthread_key_t heap_key;
 static pthread_once_t heap_key_once = PTHREAD_ONCE_INIT;
@@ -213,6 +213,7 @@ static pm_heap *route_target(pm_heap *own, int domain) {
     switch (route_kinds[domain]) {
     case ROUTE_PYMALLOC: return own;
     case ROUTE_SAMPLING: return &pm_sampling_heap;
+    case ROUTE_TRACED: return &pm_traced_route_heap;
     default: return &pm_bypass_heap;
     }
 }
@@ -259,6 +260,7 @@ void pm_domain_route_update(pm_domain domain, const pm_allocator *installed) {
     if (domain == PM_DOMAIN_RAW) return;
     route_kind kind = installed == &pm_pymalloc_allocator           ? ROUTE_PYMALLOC
                       : pm_trace_samples_over_pymalloc(installed) ? ROUTE_SAMPLING
+                      : pm_trace_records_in_blocks(installed)     ? ROUTE_TRACED
                                                                   : ROUTE_TABLE;
     registry_lock();
     route_kinds[domain] = kind;
@@ -700,6 +702,7 @@ void pm_assert_free_threaded(void) PM_NO_THREAD_SAFETY_ANALYSIS {
 
 void pm_for_each_heap(void (*fn)(pm_heap *heap, void *arg), void *arg) {
     fn(&pm_main_heap, arg);
+    fn(&pm_traced_heap, arg);
     fn(&pm_shared_heap, arg);
     for (pm_heap *h = registry_first(); h != NULL; h = h->registry_next) fn(h, arg);
 }

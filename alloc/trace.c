@@ -165,6 +165,7 @@
 #include "alloc/internal/debug_hooks.h"
 #include "alloc/internal/domain.h"
 #include "alloc/internal/pymalloc.h" /* pm_pymalloc_allocator and its small-request limit */
+#include "gil/gil.h"
 #include "sync/sync.h"
 
 #define TRACE_SHARDS 64
@@ -178,6 +179,8 @@
 #define MAX_SKIP 32 /* native frames a calibration may skip */
 #define CALIBRATION_DEPTH 256
 #define SAMPLING_SESSION ((size_t)1) /* bit of active_session: the filter is kept */
+#define IN_BLOCK_SESSION ((size_t)2) /* bit of active_session: records in blocks */
+#define SESSION_FLAG_BITS 2
 /* Per-thread traceback cache: tracebacks of at most CACHED_FRAMES frames skip the traceback
  * shard's lock when the thread saw them recently. 2-way sets, the newer in way 0: 1024
  * entries in 64 KiB of address space, of which only the sets used become resident. On
@@ -231,6 +234,7 @@ typedef struct hook_ctx {
      * for raw (it wraps the C library or a user's raw allocator), pymalloc's small sizes
      * for mem and object over pymalloc (it serves them from its pools), else none. */
     size_t leaf_limit;
+    bool over_pymalloc; /* wrapped is pymalloc's record, in mem or object */
     pm_allocator wrapped;
     /* What a sampling session's sampled calls use: pymalloc's unpooled record over pymalloc
      * (so that no pool block is traced, and pool blocks can be freed without the hook: see
@@ -251,8 +255,16 @@ static int filter_counts[TRACE_SHARDS * FILTER_PER_SHARD]; /* traces per bucket;
  * fill whole words), read by anyone with a relaxed load. */
 static uint64_t filter_bits[TRACE_SHARDS * FILTER_PER_SHARD / 64];
 
-/* 0: not tracing; else (n << 1) | SAMPLING_SESSION for a session of sampling. */
+/* 0: not tracing; else (n << SESSION_FLAG_BITS) | the session's flags: SAMPLING_SESSION
+ * for a session of sampling, IN_BLOCK_SESSION for one that keeps records in blocks. */
 static size_t active_session;
+/* The next full session keeps records in blocks wherever it hooks pymalloc (set before its
+ * hooks are installed, which reroutes the domains; cleared when they are taken out). */
+static int in_block_mode;
+/* Records in blocks of the session: their sizes and number. Written under the GIL with a
+ * relaxed load and store, read by anyone with a relaxed load. */
+static size_t in_block_current;
+static size_t in_block_count;
 static int max_frames;        /* nframes of the session (relaxed) */
 static size_t sample_mean;    /* 0: trace everything; constant within a session */
 static size_t peak_bytes;
@@ -271,7 +283,9 @@ static bool hooks_installed;             /* under control */
 /* A session number never used before, for the mode sample_mean says. */
 static size_t new_session(void) PM_REQUIRES(control) {
     bool sampling = pm_atomic_load_size_relaxed(&sample_mean) != 0;
-    return ++session_counter << 1 | (sampling ? SAMPLING_SESSION : 0);
+    bool in_block = pm_atomic_load_int_relaxed(&in_block_mode) != 0;
+    return ++session_counter << SESSION_FLAG_BITS | (sampling ? SAMPLING_SESSION : 0) |
+           (in_block ? IN_BLOCK_SESSION : 0);
 }
 
 enum { HOOK_POOL = 48, PROVIDER_POOL = 64 };
@@ -349,7 +363,8 @@ void pm_trace_test_fail_memory(int fail) {
 }
 
 size_t pm_trace_get_memory(void) {
-    return pm_atomic_load_size_relaxed(&tracer_memory);
+    return pm_atomic_load_size_relaxed(&tracer_memory) +
+           pm_atomic_load_size_relaxed(&in_block_count) * PM_TRACE_RECORD_BYTES;
 }
 
 size_t pm_trace_lost_traces(void) {
@@ -442,7 +457,7 @@ __attribute__((noinline)) static size_t sampled_weight(size_t size_field) {
 }
 
 static size_t current_bytes(void) {
-    size_t sum = 0;
+    size_t sum = pm_atomic_load_size_relaxed(&in_block_current);
     for (size_t i = 0; i < TRACE_SHARDS; i++) sum += pm_atomic_load_size_relaxed(&trace_shards[i].current);
     return sum;
 }
@@ -976,6 +991,101 @@ bool pm_trace_pymalloc_sample_point(size_t size, int route) {
     return pm_trace_gate.countdown <= 0;
 }
 
+/* ---- records in blocks ------------------------------------------------------------------ */
+
+/* The trace of a traced heap's block, in the block's first bytes; the caller's pointer is
+ * just after it. session_size is session << RECORD_SIZE_BITS | the size asked for, or 0
+ * for a block that is not traced (allocated while calibrating, or untraced since). A
+ * record counts only while its session is the active one: clear and stop just renew or end
+ * the session, and the tracebacks of records left behind are never read again. */
+typedef struct in_block_record {
+    const pm_trace_tb *tb;
+    size_t session_size;
+} in_block_record;
+
+#define RECORD_SIZE_BITS 10
+#define RECORD_SIZE_MASK (((size_t)1 << RECORD_SIZE_BITS) - 1)
+_Static_assert(sizeof(in_block_record) == PM_TRACE_RECORD_BYTES, "the record pymalloc leaves room for");
+_Static_assert(PM_TRACED_MAX_REQUEST <= RECORD_SIZE_MASK, "a record's size field holds any request");
+
+static inline size_t record_session(size_t session_size) {
+    return session_size >> RECORD_SIZE_BITS;
+}
+
+/* The GIL is held (records in blocks exist only in GIL mode without thread caches). */
+static inline void in_block_account(ptrdiff_t bytes, ptrdiff_t count) {
+    pm_atomic_store_size_relaxed(&in_block_current,
+                                 pm_atomic_load_size_relaxed(&in_block_current) + (size_t)bytes);
+    pm_atomic_store_size_relaxed(&in_block_count,
+                                 pm_atomic_load_size_relaxed(&in_block_count) + (size_t)count);
+}
+
+/* `size` bytes (at most PM_TRACED_MAX_REQUEST) from the traced heap, the record {tb,
+ * session, size} in front of them; tb NULL: untraced. NULL when pymalloc has no memory. */
+static inline void *place_in_block(const pm_trace_tb *tb, size_t size, size_t session) {
+    /* 0 bytes take 1: the caller's pointer must lie inside the block, where the arena map
+     * finds the block's pool (after a 16-byte block it could be in the next pool). */
+    size_t block_size = (size != 0 ? size : 1) + PM_TRACE_RECORD_BYTES;
+    in_block_record *r = pm_pymalloc_malloc_inline(&pm_traced_heap, block_size, PM_ROUTE_PYMALLOC);
+    if (r == NULL) return NULL;
+    r->tb = tb;
+    r->session_size = tb != NULL ? session << RECORD_SIZE_BITS | size : 0;
+    if (tb != NULL) {
+        in_block_account((ptrdiff_t)size, 1);
+        note_growth(size);
+    }
+    return r + 1;
+}
+
+/* Untraces a record: its bytes leave the count if its session is the active one. */
+static inline void in_block_untrace(in_block_record *r) {
+    size_t word = r->session_size;
+    if (word == 0) return;
+    r->session_size = 0;
+    if (record_session(word) == pm_atomic_load_size_relaxed(&active_session)) {
+        size_t size = word & RECORD_SIZE_MASK;
+        in_block_account(-(ptrdiff_t)size, -1);
+        note_shrink(size);
+    }
+}
+
+void pm_trace_free_in_block(pm_pool *pool, void *p) {
+    in_block_record *r = (in_block_record *)p - 1;
+    in_block_untrace(r);
+    pm_pool_free_block(pool, (pm_block *)(void *)r);
+}
+
+/* The record in front of p when p is a block the traced heap handed out, else NULL. Reads
+ * only the map and the header of p's pool, which do not change while p is allocated. */
+static in_block_record *in_block_record_of(const void *p) {
+    pm_pool *pool = pm_pool_of(p);
+    if (pool == NULL || pm_pool_owner(pool) != &pm_traced_heap) return NULL;
+    size_t offset = (uintptr_t)p - pool->memory;
+    if (offset % pm_class_block_size(pool->size_class) != PM_TRACE_RECORD_BYTES) return NULL;
+    return (in_block_record *)(uintptr_t)p - 1;
+}
+
+/* The traceback of p's record if it is traced in the active session. */
+static const pm_trace_tb *in_block_traceback(const void *p) {
+    const in_block_record *r = in_block_record_of(p);
+    if (r == NULL || r->session_size == 0) return NULL;
+    if (record_session(r->session_size) != pm_atomic_load_size_relaxed(&active_session)) return NULL;
+    return r->tb;
+}
+
+/* Records in blocks change only under the GIL; start holds it, and stop, clear, snapshots
+ * and track/untrack of such a block take it if the caller does not hold it. Returns
+ * whether it took it. A no-op with thread caches, where no record is kept in a block. */
+static bool hold_gil_for_records(void) PM_NO_THREAD_SAFETY_ANALYSIS {
+    if (pm_threading.caches || pm_gil_held()) return false;
+    pm_gil_acquire();
+    return true;
+}
+
+static void release_gil_for_records(bool taken) PM_NO_THREAD_SAFETY_ANALYSIS {
+    if (taken) pm_gil_release();
+}
+
 /* ---- the hooks ------------------------------------------------------------------------- */
 
 static void *call_alloc(const pm_allocator *a, int op, size_t nelem, size_t size) {
@@ -991,10 +1101,32 @@ __attribute__((noinline)) static void *traced_alloc(const hook_ctx *h, int op, s
                                                     size_t elsize, size_t total) {
     size_t session = pm_atomic_load_size_acquire(&active_session);
     if (session == 0) return call_alloc(&h->wrapped, op, nelem, elsize);
+    if ((session & IN_BLOCK_SESSION) && h->over_pymalloc && total <= PM_TRACED_MAX_REQUEST) {
+        /* The traceback first: a trace that cannot be stored then costs no block. */
+        const pm_trace_tb *tb = NULL;
+        pm_trace_gate.depth++; /* a frame provider's own allocations are not traced */
+        if (__builtin_expect(tls.calibrating, 0)) {
+            calibrate_here();
+        } else {
+            int skip = pm_atomic_load_int_relaxed(&native_skip[h->domain][op]);
+            tb = capture(h->domain, skip < 0 ? 0 : skip, session);
+        }
+        pm_trace_gate.depth--;
+        if (tb == NULL && !tls.calibrating) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        void *p = place_in_block(tb, total, session);
+        if (p != NULL && op == OP_CALLOC) memset(p, 0, total);
+        return p;
+    }
     bool sampling = session & SAMPLING_SESSION;
     size_t flags = sampling ? SAMPLED_FLAG : 0;
     pm_trace_gate.depth++;
-    void *p = call_alloc(sampling ? h->sampled : &h->wrapped, op, nelem, elsize);
+    /* Over pymalloc, sampled blocks and those too large for records in blocks come from the
+     * raw domain: then no block of the main heap's pools is traced, and its frees skip us. */
+    const pm_allocator *a = session & (SAMPLING_SESSION | IN_BLOCK_SESSION) ? h->sampled : &h->wrapped;
+    void *p = call_alloc(a, op, nelem, elsize);
     if (p != NULL && record(h->domain, op, (uintptr_t)p, total | flags, session) != 0) {
         h->wrapped.free(h->wrapped.ctx, p);
         p = NULL;
@@ -1066,9 +1198,65 @@ static void *hook_calloc(void *ctx, size_t nelem, size_t elsize) {
     return h->wrapped.calloc(h->wrapped.ctx, nelem, elsize);
 }
 
+/* realloc of a pool block (traced in its record, or from the main heap and untraced) in a
+ * session of records in blocks: the block always moves, to the traced heap or, when too
+ * large for it, to the raw domain with a trace in the table; or stays, with a new record,
+ * when the new size has the block's class. The traceback is captured by the caller, at the
+ * depth calibrate() measured. */
+static void *realloc_pool_block(const hook_ctx *h, void *ptr, pm_pool *pool, size_t new_size,
+                                const pm_trace_tb *tb, size_t session) {
+    in_block_record *old = pm_pool_owner(pool) == &pm_traced_heap ? (in_block_record *)ptr - 1 : NULL;
+    size_t usable = pm_class_block_size(pool->size_class) - (old != NULL ? PM_TRACE_RECORD_BYTES : 0);
+    if (old != NULL && new_size <= usable && new_size + PM_TRACE_RECORD_BYTES > usable) {
+        in_block_untrace(old); /* same class: a new record in place */
+        if (tb != NULL) {
+            old->tb = tb;
+            old->session_size = session << RECORD_SIZE_BITS | new_size;
+            in_block_account((ptrdiff_t)new_size, 1);
+            note_growth(new_size);
+        }
+        return ptr;
+    }
+    void *q;
+    if (new_size <= PM_TRACED_MAX_REQUEST) {
+        q = place_in_block(tb, new_size, session);
+    } else {
+        q = h->sampled->malloc(h->sampled->ctx, new_size);
+        if (q != NULL && tb != NULL &&
+            trace_insert((uintptr_t)q, ptr_hash((uintptr_t)q), new_size, tb, session) != 0) {
+            h->sampled->free(h->sampled->ctx, q);
+            q = NULL;
+            errno = ENOMEM;
+        }
+    }
+    if (q == NULL) return NULL; /* ptr untouched, its record too */
+    memcpy(q, ptr, new_size < usable ? new_size : usable);
+    h->wrapped.free(h->wrapped.ctx, ptr);
+    return q;
+}
+
 __attribute__((noinline)) static void *traced_realloc(const hook_ctx *h, void *ptr,
                                                       size_t new_size, bool sampled) {
     size_t session = pm_atomic_load_size_acquire(&active_session);
+    pm_pool *pool;
+    if ((session & IN_BLOCK_SESSION) && h->over_pymalloc && (pool = pm_pool_of(ptr)) != NULL) {
+        const pm_trace_tb *tb = NULL;
+        pm_trace_gate.depth++;
+        if (__builtin_expect(tls.calibrating, 0)) {
+            calibrate_here();
+        } else {
+            int skip = pm_atomic_load_int_relaxed(&native_skip[h->domain][OP_REALLOC]);
+            tb = capture(h->domain, skip < 0 ? 0 : skip, session);
+        }
+        void *q = NULL;
+        if (tb == NULL && !tls.calibrating) {
+            errno = ENOMEM;
+        } else {
+            q = realloc_pool_block(h, ptr, pool, new_size, tb, session);
+        }
+        pm_trace_gate.depth--;
+        return q;
+    }
     trace_slot old = {0, 0, NULL};
     bool had_old =
         session != 0 && trace_remove(h->domain, (uintptr_t)ptr, ptr_hash((uintptr_t)ptr), &old);
@@ -1076,8 +1264,10 @@ __attribute__((noinline)) static void *traced_realloc(const hook_ctx *h, void *p
     tls.removed_ptr = (uintptr_t)ptr;
     tls.removed_tb = old.tb;
     /* A sampled block moves out of any pool (h->sampled); an unsampled one whose old
-     * block was traced is a raw block that stays raw. */
-    const pm_allocator *a = sampled && (session & SAMPLING_SESSION) ? h->sampled : &h->wrapped;
+     * block was traced is a raw block that stays raw. With records in blocks, ptr is not
+     * a pool block (see above) and stays raw. */
+    const pm_allocator *a =
+        sampled && (session & (SAMPLING_SESSION | IN_BLOCK_SESSION)) ? h->sampled : &h->wrapped;
     void *q = a->realloc(a->ctx, ptr, new_size);
     tls.removed_ptr = 0;
     if (q == NULL) {
@@ -1116,6 +1306,13 @@ static void *hook_realloc(void *ctx, void *ptr, size_t new_size) {
  * traced. The wrapped free runs one level deeper, so a free nested in it (pymalloc handing
  * a large block to the raw domain) passes straight through. */
 __attribute__((noinline)) static void traced_free(const hook_ctx *h, void *ptr) {
+    /* With records in blocks no pool block is in the table: pymalloc's free takes a traced
+     * heap's block out of its record (pm_trace_free_in_block). */
+    if ((pm_atomic_load_size_relaxed(&active_session) & IN_BLOCK_SESSION) && h->over_pymalloc &&
+        pm_pool_of(ptr) != NULL) {
+        h->wrapped.free(h->wrapped.ctx, ptr);
+        return;
+    }
     uint64_t hash = ptr_hash((uintptr_t)ptr);
     prefetch_home(hash);
     /* Most allocators write into a block they free (pymalloc links it into its pool's free
@@ -1173,11 +1370,27 @@ static const hook_ctx *hook_ctx_for(pm_domain domain, const pm_allocator *wrappe
     h->wrapped = *wrapped;
     bool over_pymalloc =
         domain != PM_DOMAIN_RAW && pm_allocator_equal(wrapped, &pm_pymalloc_allocator);
+    h->over_pymalloc = over_pymalloc;
     h->leaf_limit = domain == PM_DOMAIN_RAW ? SIZE_MAX
                     : over_pymalloc         ? PM_SMALL_REQUEST_THRESHOLD
                                             : 0;
     h->sampled = over_pymalloc ? &pm_pymalloc_unpooled_allocator : &h->wrapped;
     return h;
+}
+
+bool pm_trace_records_in_blocks(const pm_allocator *record) {
+    return is_hook(record) && ((const hook_ctx *)record->ctx)->over_pymalloc &&
+           pm_atomic_load_int_relaxed(&in_block_mode) != 0;
+}
+
+void *pm_trace_route_malloc(size_t nbytes, int route) {
+    const pm_allocator *a = pm_domain_current((pm_domain)route);
+    if (pm_trace_gate.depth == 0 && is_hook(a)) {
+        return traced_alloc(a->ctx, OP_MALLOC, 1, nbytes, nbytes);
+    }
+    /* Nested in a hook (a frame provider allocating), or the hook was replaced meanwhile. */
+    if (nbytes > (size_t)PTRDIFF_MAX) return NULL;
+    return a->malloc(a->ctx, nbytes);
 }
 
 bool pm_trace_samples_over_pymalloc(const pm_allocator *record) {
@@ -1234,6 +1447,11 @@ static void print_allocation_traceback(int fd, const void *ptr) {
         print_tb(fd, tls.removed_tb);
         return;
     }
+    const pm_trace_tb *in_block = in_block_traceback(ptr);
+    if (in_block != NULL) {
+        print_tb(fd, in_block);
+        return;
+    }
     uint64_t h = ptr_hash((uintptr_t)ptr);
     trace_shard *s = &trace_shards[shard_index(h)];
     pm_spinlock_lock(&s->lock);
@@ -1261,8 +1479,12 @@ pm_trace_frame pm_trace_symbolize(pm_trace_frame frame) {
 /* ---- tables: clearing ------------------------------------------------------------------ */
 
 /* Empties every shard and frees the tracebacks. active_session must be 0 or a session
- * no hook has read yet, so nothing refers to a traceback once its shard is empty. */
+ * no hook has read yet, so nothing refers to a traceback once its shard is empty. Records
+ * in blocks are left where they are: their session has ended, so they no longer count
+ * (the caller holds the GIL, or is a fork's child, alone). */
 static void reset_tables(bool release_memory) PM_REQUIRES(control) {
+    pm_atomic_store_size_relaxed(&in_block_current, 0);
+    pm_atomic_store_size_relaxed(&in_block_count, 0);
     for (size_t i = 0; i < TRACE_SHARDS; i++) {
         trace_shard *s = &trace_shards[i];
         pm_spinlock_lock(&s->lock);
@@ -1399,6 +1621,7 @@ static int start(int nframes, size_t mean) PM_GIL_REQUIRED {
      * frees of pool blocks must reach the hook before its first trace is stored). A hook
      * called before the session begins passes the call on, whatever mode it reads. */
     pm_atomic_store_size_relaxed(&sample_mean, mean);
+    pm_atomic_store_int_relaxed(&in_block_mode, mean == 0 && !pm_threading.caches);
     pm_allocator saved[PM_DOMAIN_COUNT], target[PM_DOMAIN_COUNT];
     for (int d = 0; d < PM_DOMAIN_COUNT; d++) {
         (void)pm_get_allocator((pm_domain)d, &saved[d]);
@@ -1407,6 +1630,7 @@ static int start(int nframes, size_t mean) PM_GIL_REQUIRED {
         const hook_ctx *h = hook_ctx_for((pm_domain)d, &saved[d]);
         if (h == NULL) {
             pm_atomic_store_size_relaxed(&sample_mean, 0);
+            pm_atomic_store_int_relaxed(&in_block_mode, 0);
             pm_mutex_unlock(&control);
             errno = ENOMEM;
             return -1;
@@ -1416,6 +1640,7 @@ static int start(int nframes, size_t mean) PM_GIL_REQUIRED {
     }
     if (pm_domains_install(saved, target) != 0) {
         pm_atomic_store_size_relaxed(&sample_mean, 0);
+        pm_atomic_store_int_relaxed(&in_block_mode, 0);
         pm_domain_routes_refresh();
         pm_mutex_unlock(&control);
         return -1;
@@ -1444,6 +1669,7 @@ int pm_trace_start_sampling(int nframes, size_t mean_bytes) {
 }
 
 void pm_trace_stop(void) {
+    bool gil_taken = hold_gil_for_records();
     pm_mutex_lock(&control);
     if (pm_atomic_load_size_relaxed(&active_session) != 0) {
         pm_atomic_store_size_release(&active_session, 0);
@@ -1463,9 +1689,11 @@ void pm_trace_stop(void) {
         reset_tables(true);
         /* Last, so that a weight computed during the stop still sees the session's mean. */
         pm_atomic_store_size_relaxed(&sample_mean, 0);
+        pm_atomic_store_int_relaxed(&in_block_mode, 0);
         pm_domain_routes_refresh();
     }
     pm_mutex_unlock(&control);
+    release_gil_for_records(gil_taken);
 }
 
 int pm_trace_is_tracing(void) {
@@ -1535,6 +1763,7 @@ void pm_trace_reset_peak(void) {
 }
 
 void pm_trace_clear_traces(void) {
+    bool gil_taken = hold_gil_for_records();
     pm_mutex_lock(&control);
     if (pm_atomic_load_size_relaxed(&active_session) != 0) {
         /* Close the session first: an insert racing with the clear is refused rather than
@@ -1544,16 +1773,56 @@ void pm_trace_clear_traces(void) {
         pm_atomic_store_size_release(&active_session, new_session());
     }
     pm_mutex_unlock(&control);
+    release_gil_for_records(gil_taken);
+}
+
+/* Visits the live records of the session in the traced heap's pools: the blocks carved and
+ * not on their pool's free list. The GIL and the control mutex are held. */
+typedef struct in_block_walk {
+    pm_trace_visit_fn visit;
+    void *ctx;
+    size_t session;
+    int result;
+} in_block_walk;
+
+static void visit_arena_records(const pm_arena *arena, void *arg) {
+    in_block_walk *walk = arg;
+    for (uint32_t i = 0; i < arena->carved_pools && walk->result == 0; i++) {
+        const pm_pool *pool = &arena->pools[i];
+        if (pm_pool_owner(pool) != &pm_traced_heap || pool->size_class == PM_NO_CLASS) continue;
+        size_t size = pm_class_block_size(pool->size_class);
+        uint64_t free_blocks[PM_POOL_SIZE / PM_ALIGNMENT / 64] = {0};
+        for (const pm_block *b = pool->free; b != NULL; b = b->next) {
+            size_t index = ((uintptr_t)b - pool->memory) / size;
+            free_blocks[index / 64] |= (uint64_t)1 << (index % 64);
+        }
+        for (size_t index = 0; (index + 1) * size <= pool->carve_offset && walk->result == 0;
+             index++) {
+            if (free_blocks[index / 64] >> (index % 64) & 1) continue;
+            const in_block_record *r = (const in_block_record *)(pool->memory + index * size);
+            if (r->session_size != 0 && record_session(r->session_size) == walk->session) {
+                walk->result = walk->visit(walk->ctx, r->tb, r->session_size & RECORD_SIZE_MASK);
+            }
+        }
+    }
 }
 
 int pm_trace_visit(pm_trace_visit_fn visit, void *ctx) {
+    bool gil_taken = hold_gil_for_records();
     pm_mutex_lock(&control);
-    if (pm_atomic_load_size_relaxed(&active_session) == 0) {
+    size_t session = pm_atomic_load_size_relaxed(&active_session);
+    if (session == 0) {
         pm_mutex_unlock(&control);
+        release_gil_for_records(gil_taken);
         errno = EINVAL;
         return -1;
     }
     int result = 0;
+    if (session & IN_BLOCK_SESSION) {
+        in_block_walk walk = {visit, ctx, session, 0};
+        pm_arena_for_each(visit_arena_records, &walk);
+        result = walk.result;
+    }
     for (size_t i = 0; i < TRACE_SHARDS && result == 0; i++) {
         trace_shard *s = &trace_shards[i];
         pm_spinlock_lock(&s->lock);
@@ -1565,26 +1834,45 @@ int pm_trace_visit(pm_trace_visit_fn visit, void *ctx) {
         pm_spinlock_unlock(&s->lock);
     }
     pm_mutex_unlock(&control);
+    release_gil_for_records(gil_taken);
     return result;
+}
+
+static int copy_traceback(const pm_trace_tb *tb, pm_trace_frame *out, size_t max) {
+    for (size_t i = 0; i < max && i < tb->nframes; i++) out[i] = pm_trace_symbolize(tb->frames[i]);
+    return (int)tb->nframes;
 }
 
 int pm_trace_get_traceback(unsigned int domain, const void *ptr, pm_trace_frame *out, size_t max) {
     if (!pm_trace_is_tracing()) return -1;
+    /* A block of the caller's: its record does not change under us. */
+    const pm_trace_tb *in_block = in_block_traceback(ptr);
+    if (in_block != NULL && in_block->domain == domain) return copy_traceback(in_block, out, max);
     uint64_t h = ptr_hash((uintptr_t)ptr);
     trace_shard *s = &trace_shards[shard_index(h)];
     int n = -1;
     pm_spinlock_lock(&s->lock);
     ptrdiff_t found = shard_find(s, (uintptr_t)ptr, h, domain);
-    if (found >= 0) {
-        const pm_trace_tb *tb = s->slots[found].tb;
-        n = (int)tb->nframes;
-        for (size_t i = 0; i < max && i < tb->nframes; i++) out[i] = pm_trace_symbolize(tb->frames[i]);
-    }
+    if (found >= 0) n = copy_traceback(s->slots[found].tb, out, max);
     pm_spinlock_unlock(&s->lock);
     return n;
 }
 
 /* ---- PyTraceMalloc_Track / Untrack ------------------------------------------------------- */
+
+/* A block traced in its record is tracked again: the record takes the new trace. A size
+ * that does not fit a record's field (more than the block could ever hold) is refused. The
+ * GIL is held. */
+static int retrack_in_block(in_block_record *r, const pm_trace_tb *tb, size_t size,
+                            size_t session) {
+    if (size > RECORD_SIZE_MASK) return -1;
+    in_block_untrace(r);
+    r->tb = tb;
+    r->session_size = session << RECORD_SIZE_BITS | size;
+    in_block_account((ptrdiff_t)size, 1);
+    note_growth(size);
+    return 0;
+}
 
 int pm_trace_track(unsigned int domain, uintptr_t ptr, size_t size) {
     size_t session = pm_atomic_load_size_acquire(&active_session);
@@ -1593,13 +1881,34 @@ int pm_trace_track(unsigned int domain, uintptr_t ptr, size_t size) {
     pm_trace_gate.depth++; /* a frame provider allocating here is not traced */
     /* Native frames: capture's own and this function's. */
     const pm_trace_tb *tb = capture(domain, 2, session);
-    int result = tb == NULL ? -1 : trace_insert(ptr, ptr_hash(ptr), size, tb, session);
+    int result = -1;
+    if (tb != NULL) {
+        in_block_record *r = in_block_record_of((const void *)ptr);
+        bool gil_taken = r != NULL && hold_gil_for_records();
+        const pm_trace_tb *old = r != NULL ? in_block_traceback((const void *)ptr) : NULL;
+        /* Traces are keyed by (domain, ptr): another domain's trace goes to the table. */
+        if (old != NULL && old->domain == domain) {
+            /* Still the session the traceback was interned for (clear takes the GIL). */
+            result = pm_atomic_load_size_relaxed(&active_session) != session ? 0
+                     : retrack_in_block(r, tb, size, session);
+        } else {
+            result = trace_insert(ptr, ptr_hash(ptr), size, tb, session);
+        }
+        release_gil_for_records(gil_taken);
+    }
     pm_trace_gate.depth--;
     return result;
 }
 
 int pm_trace_untrack(unsigned int domain, uintptr_t ptr) {
     if (!pm_trace_is_tracing()) return -2;
+    in_block_record *r = in_block_record_of((const void *)ptr);
+    if (r != NULL) {
+        bool gil_taken = hold_gil_for_records();
+        const pm_trace_tb *tb = in_block_traceback((const void *)ptr);
+        if (tb != NULL && tb->domain == domain) in_block_untrace(r);
+        release_gil_for_records(gil_taken);
+    }
     (void)trace_remove(domain, ptr, ptr_hash(ptr), NULL);
     return 0;
 }

@@ -165,7 +165,9 @@ typedef enum pm_heap_kind {
     PM_HEAP_MAIN,     /* pm_main_heap: every pool in GIL mode without caches */
     PM_HEAP_SHARED,   /* pm_shared_heap: pools no thread owns (thread caches on) */
     PM_HEAP_THREAD,   /* one per attached thread; recycled after the thread detaches */
-    PM_HEAP_SENTINEL, /* pm_bypass_heap, pm_sampling_heap, pm_unattached_heap: own nothing */
+    PM_HEAP_TRACED,   /* pm_traced_heap: blocks with the tracer's record in front (GIL mode) */
+    PM_HEAP_SENTINEL, /* pm_bypass_heap, pm_sampling_heap, pm_traced_route_heap,
+                       * pm_unattached_heap: own nothing */
 } pm_heap_kind;
 
 /* A heap: the used-pool lists, one per size class, that malloc draws from. An empty list's
@@ -200,6 +202,17 @@ typedef struct pm_heap {
 
 extern pm_pool pm_no_pool;
 extern pm_heap pm_main_heap;
+
+/* The traced heap: while the tracer traces every call of a mem or object domain over
+ * pymalloc in GIL mode without thread caches (alloc/trace.c, "Records in blocks"), each small
+ * traced block comes from here, PM_TRACE_RECORD_BYTES larger than asked, with the tracer's
+ * record in its first bytes and the caller's pointer just after it. Free's owner test fails
+ * for its pools (the calling thread's heap is pm_main_heap), so every free of such a block
+ * reaches pm_pymalloc_free_other_heap, which hands it to pm_trace_free_in_block. Protected
+ * by the GIL, like the main heap. */
+extern pm_heap pm_traced_heap;
+#define PM_TRACE_RECORD_BYTES 16
+#define PM_TRACED_MAX_REQUEST (PM_SMALL_REQUEST_THRESHOLD - PM_TRACE_RECORD_BYTES)
 
 static inline pm_heap *pm_pool_owner(const pm_pool *pool) {
     return (pm_heap *)pm_atomic_load_ptr_acquire(&pool->owner);
@@ -370,13 +383,17 @@ extern const pm_allocator pm_pymalloc_unpooled_allocator;
  *                                       malloc draws its countdown at the session's
  *                                       rate and puts its own heap back (the fast path
  *                                       then counts down to each sample point),
+ *                                       pm_traced_route_heap while it traces every call
+ *                                       over it with records in blocks (malloc's slow
+ *                                       path calls pm_trace_route_malloc),
  *                                       pm_bypass_heap while anything else is
  *   pm_thread_heaps[PM_ROUTE_PYMALLOC]  (per thread) the thread's own heap, whatever is
  *                                       installed: pymalloc's record and free's owner test
  *   pm_domain_routes[d].map             (global) the arena map while pymalloc is installed
- *                                       or the tracer samples over it (no pool block is
- *                                       traced then: pm_trace_samples_over_pymalloc), a
- *                                       stand-in that owns nothing otherwise
+ *                                       or the tracer samples or keeps records in blocks
+ *                                       over it (no block of the main heap's pools is
+ *                                       traced then), a stand-in that owns nothing
+ *                                       otherwise
  *
  * The stand-ins never match: the bypass heap's lists all look full and the bypass map owns
  * nothing, so every call leaves the fast path and the slow path dispatches through the
@@ -394,6 +411,7 @@ typedef struct pm_domain_route {
 extern pm_domain_route pm_domain_routes[PM_DOMAIN_COUNT];
 extern pm_heap pm_bypass_heap;
 extern pm_heap pm_sampling_heap;
+extern pm_heap pm_traced_route_heap;
 extern pm_heap pm_unattached_heap;
 extern pm_map pm_bypass_map;
 

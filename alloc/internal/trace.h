@@ -71,6 +71,20 @@ bool pm_trace_pymalloc_sample_point(size_t size, int route);
 /* Serves a sample of pm_trace_pymalloc_sample_point: traced, from the raw domain. */
 void *pm_trace_sampled_malloc(size_t size, int route);
 
+/* Whether `record` (a mem or object domain's) is the tracer's hook over pymalloc in a
+ * session that traces every call and keeps the traces of small blocks in the blocks
+ * themselves (GIL mode without thread caches; alloc/trace.c, "Records in blocks"). The
+ * domain's route then names pm_traced_route_heap, and malloc's slow path calls
+ * pm_trace_route_malloc. */
+bool pm_trace_records_in_blocks(const pm_allocator *record);
+
+/* A mem or object malloc on pm_traced_route_heap: traced, from the traced heap when small. */
+void *pm_trace_route_malloc(size_t nbytes, int route);
+
+/* Frees p, a block of the traced heap's `pool`: its record leaves the traced bytes (if it
+ * belongs to the active session), then the block goes back to its pool. GIL held. */
+void pm_trace_free_in_block(pm_pool *pool, void *p);
+
 /* ---- test hooks ---------------------------------------------------------------------- */
 
 /* While nonzero, every request for tracer memory fails (table growth, traceback storage,
