@@ -356,6 +356,8 @@ static __attribute__((noinline)) void *malloc_at_sample_point(size_t nbytes, pm_
 }
 
 void *pm_pymalloc_malloc_slow(size_t nbytes, pm_heap *heap, int route) {
+    /* Straight to the tracer: every call is traced, none is sampled. */
+    if (heap == &pm_traced_route_heap) return pm_trace_route_malloc(nbytes, route);
     if (nbytes - 1 < PM_SMALL_REQUEST_THRESHOLD &&
         __builtin_expect(pm_trace_gate.countdown <= 0 || heap == &pm_sampling_heap, 0)) {
         return malloc_at_sample_point(nbytes, heap, route);
@@ -389,6 +391,10 @@ void pm_pymalloc_free_slow(pm_pool *pool) {
 /* The block's pool belongs to another heap (or this thread has no heap yet), or the map
  * found no pool of ours at p (its none_pool). */
 void pm_pymalloc_free_other_heap(pm_pool *pool, void *p, int route) {
+    if (pm_pool_owner(pool) == &pm_traced_heap) {
+        pm_trace_free_in_block(pool, p);
+        return;
+    }
     if (pm_map_is_none(pool)) {
         pm_pymalloc_free_unowned(p, route);
         return;
@@ -401,10 +407,6 @@ void pm_pymalloc_free_other_heap(pm_pool *pool, void *p, int route) {
     pm_heap *owner = pm_pool_owner(pool);
     if (owner == own) {
         pm_pool_free_block(pool, (pm_block *)p);
-        return;
-    }
-    if (owner == &pm_traced_heap) {
-        pm_trace_free_in_block(pool, p);
         return;
     }
     if (owner == NULL || owner->kind == PM_HEAP_SENTINEL || owner == &pm_main_heap) {

@@ -1,0 +1,255 @@
+// tests/trace_in_block_test.cc — records in blocks (alloc/trace.c): while a session traces
+// every call of the mem and object domains over pymalloc in GIL mode, a block of up to 496
+// bytes comes from the traced heap with its trace in its first 16 bytes. What users rely on
+// is unchanged: exact current bytes, tracebacks, snapshots, track/untrack, realloc that keeps
+// contents, clear and stop, allocation failure; and the heap stays
+// consistent whatever the session does. White-box where it matters: which heap served a
+// block (pm_traced_heap), so that the tests fail if the path under test is not taken.
+//
+// The mem and object domains and pm_trace_start require the GIL: each test holds it.
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <vector>
+
+#include "alloc/internal/pymalloc.h"
+#include "alloc/internal/trace.h"
+#include "alloc/pymalloc_mt.h"
+#include "gtest/gtest.h"
+#include "tests/support/gil_scope.h"
+#include "tests/trace_test_support.h"
+
+namespace {
+
+using trace_test::Current;
+using trace_test::Frame;
+
+using TraceInBlockTest = trace_test::ProvidedFramesTest;
+
+bool FromTracedHeap(const void *p) {
+    const pm_pool *pool = pm_pool_of(p);
+    return pool != nullptr && pm_pool_owner(pool) == &pm_traced_heap;
+}
+
+// The most recent frame's line of p's trace in `domain`, or -1 when untraced there.
+long TracedLine(pm_domain domain, const void *p) {
+    pm_trace_frame frame = {nullptr, 0};
+    int n = pm_trace_get_traceback(domain, p, &frame, 1);
+    return n < 1 ? -1 : (long)frame.lineno;
+}
+
+void ExpectHeapConsistent() PM_GIL_REQUIRED {
+    const char *problem = pm_heap_check();
+    EXPECT_EQ(nullptr, problem) << problem;
+}
+
+TEST_F(TraceInBlockTest, SmallBlocksCarryTheirTraceAndLargeOnesDoNot) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start(1));
+    const size_t sizes[] = {0, 1, 15, 16, 17, 100, 480, 495, 496, 497, 512, 513, 4096};
+    std::vector<void *> blocks;
+    size_t sum = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        Frame frame("sizes.py", 100 + i);
+        void *p = i % 2 ? pm_mem_malloc(sizes[i]) : pm_obj_malloc(sizes[i]);
+        ASSERT_NE(nullptr, p);
+        EXPECT_EQ(0u, (uintptr_t)p % 16) << sizes[i];
+        EXPECT_EQ(sizes[i] <= PM_TRACED_MAX_REQUEST, FromTracedHeap(p)) << sizes[i];
+        memset(p, 0xA5, sizes[i]);  // every byte asked for is the caller's (ASan checks)
+        pm_domain domain = i % 2 ? PM_DOMAIN_MEM : PM_DOMAIN_OBJ;
+        pm_domain other = i % 2 ? PM_DOMAIN_OBJ : PM_DOMAIN_MEM;
+        EXPECT_EQ((long)(100 + i), TracedLine(domain, p)) << sizes[i];
+        EXPECT_EQ(-1, TracedLine(other, p)) << "traces are keyed by domain";
+        sum += sizes[i];
+        EXPECT_EQ(sum, Current());
+        blocks.push_back(p);
+    }
+    ExpectHeapConsistent();
+    for (size_t i = 0; i < blocks.size(); i++) {
+        if (i % 2) {
+            pm_mem_free(blocks[i]);
+        } else {
+            pm_obj_free(blocks[i]);
+        }
+        sum -= sizes[i];
+        EXPECT_EQ(sum, Current());
+    }
+    ExpectHeapConsistent();
+}
+
+TEST_F(TraceInBlockTest, CallocZeroesAndReallocKeepsContentsAndRetraces) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start(1));
+    uint8_t *p;
+    {
+        Frame frame("calloc.py", 1);
+        p = static_cast<uint8_t *>(pm_obj_calloc(10, 30));
+    }
+    ASSERT_NE(nullptr, p);
+    ASSERT_TRUE(FromTracedHeap(p));
+    for (size_t i = 0; i < 300; i++) ASSERT_EQ(0, p[i]) << i;
+    for (size_t i = 0; i < 300; i++) p[i] = (uint8_t)i;
+    EXPECT_EQ(300u, Current());
+    // Within the block's class (300 + 16 bytes: class of 320), to another class, to the raw
+    // domain, and back: contents kept up to the smaller size, the trace follows.
+    const size_t steps[] = {290, 20, 200, 1000, 60, 0, 33};
+    size_t kept = 300;
+    bool went_raw = false;
+    for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
+        Frame frame("realloc.py", 10 + i);
+        uint8_t *q = static_cast<uint8_t *>(pm_obj_realloc(p, steps[i]));
+        ASSERT_NE(nullptr, q) << steps[i];
+        kept = kept < steps[i] ? kept : steps[i];
+        for (size_t j = 0; j < kept; j++) ASSERT_EQ((uint8_t)j, q[j]) << "byte " << j << " at " << steps[i];
+        for (size_t j = kept; j < steps[i]; j++) q[j] = (uint8_t)j;
+        kept = steps[i];
+        // A block that went to the raw domain stays there, as pymalloc's realloc keeps it.
+        went_raw = went_raw || steps[i] > PM_TRACED_MAX_REQUEST;
+        EXPECT_EQ(!went_raw, FromTracedHeap(q)) << steps[i];
+        EXPECT_EQ(steps[i], Current()) << steps[i];
+        EXPECT_EQ((long)(10 + i), TracedLine(PM_DOMAIN_OBJ, q)) << steps[i];
+        p = q;
+    }
+    pm_obj_free(p);
+    EXPECT_EQ(0u, Current());
+    ExpectHeapConsistent();
+}
+
+TEST_F(TraceInBlockTest, ABlockFromBeforeStartIsTracedWhenReallocated) {
+    GilScope gil;
+    auto *old = static_cast<uint8_t *>(pm_obj_malloc(64));
+    ASSERT_NE(nullptr, old);
+    ASSERT_FALSE(FromTracedHeap(old));
+    for (size_t i = 0; i < 64; i++) old[i] = (uint8_t)(i * 3);
+    ASSERT_EQ(0, pm_trace_start(1));
+    Frame frame("grow.py", 7);
+    auto *p = static_cast<uint8_t *>(pm_obj_realloc(old, 64));
+    ASSERT_NE(nullptr, p);
+    EXPECT_TRUE(FromTracedHeap(p));
+    for (size_t i = 0; i < 64; i++) ASSERT_EQ((uint8_t)(i * 3), p[i]) << i;
+    EXPECT_EQ(64u, Current());
+    EXPECT_EQ(7, TracedLine(PM_DOMAIN_OBJ, p));
+    pm_obj_free(p);
+    EXPECT_EQ(0u, Current());
+}
+
+TEST_F(TraceInBlockTest, ClearAndStopLeaveRecordsThatNoLongerCount) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start(1));
+    Frame frame("clear.py", 1);
+    void *a = pm_obj_malloc(40);
+    void *b = pm_mem_malloc(50);
+    ASSERT_TRUE(FromTracedHeap(a) && FromTracedHeap(b));
+    EXPECT_EQ(90u, Current());
+    pm_trace_clear_traces();
+    EXPECT_EQ(0u, Current());
+    EXPECT_EQ(-1, TracedLine(PM_DOMAIN_OBJ, a));
+    pm_obj_free(a);  // traced before the clear: no effect on the count
+    EXPECT_EQ(0u, Current());
+    void *c = pm_obj_malloc(30);
+    EXPECT_EQ(30u, Current());
+    pm_trace_snapshot *snapshot = pm_trace_take_snapshot();
+    ASSERT_NE(nullptr, snapshot);
+    EXPECT_EQ(1u, pm_trace_snapshot_count(snapshot));  // c alone; b's record is stale
+    pm_trace_snapshot_free(snapshot);
+    pm_trace_stop();
+    // Blocks of the traced heap outlive the session and are freed as usual.
+    pm_mem_free(b);
+    void *d = pm_obj_realloc(c, 300);  // after stop, through pymalloc's own realloc
+    ASSERT_NE(nullptr, d);
+    EXPECT_FALSE(FromTracedHeap(d));
+    ExpectHeapConsistent();
+    ASSERT_EQ(0, pm_trace_start(1));
+    EXPECT_EQ(0u, Current());
+    pm_obj_free(d);
+    EXPECT_EQ(0u, Current());
+    ExpectHeapConsistent();
+}
+
+TEST_F(TraceInBlockTest, SnapshotsSeeEveryLiveRecordAndNoFreedOne) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start(1));
+    std::vector<void *> blocks;
+    for (size_t i = 0; i < 3000; i++) {
+        Frame frame("snap.py", i % 3);
+        blocks.push_back(pm_obj_malloc(8 + i % 3));  // many pools' worth, three sites
+    }
+    for (size_t i = 0; i < blocks.size(); i += 2) pm_obj_free(blocks[i]);  // holes everywhere
+    pm_trace_snapshot *snapshot = pm_trace_take_snapshot();
+    ASSERT_NE(nullptr, snapshot);
+    EXPECT_EQ(1500u, pm_trace_snapshot_count(snapshot));
+    pm_trace_stats *stats = pm_trace_snapshot_statistics(snapshot, PM_TRACE_BY_LINENO);
+    ASSERT_NE(nullptr, stats);
+    ASSERT_EQ(3u, stats->count);
+    size_t total = 0;
+    for (size_t i = 0; i < stats->count; i++) {
+        EXPECT_EQ(500u, stats->items[i].count);
+        EXPECT_EQ(500u * (8 + stats->items[i].frames[0].lineno), stats->items[i].size);
+        total += stats->items[i].size;
+    }
+    EXPECT_EQ(Current(), total);
+    pm_trace_stats_free(stats);
+    pm_trace_snapshot_free(snapshot);
+    for (size_t i = 1; i < blocks.size(); i += 2) pm_obj_free(blocks[i]);
+    EXPECT_EQ(0u, Current());
+}
+
+TEST_F(TraceInBlockTest, TrackReplacesTheRecordsTraceAndUntrackRemovesIt) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start(1));
+    void *p;
+    {
+        Frame frame("track.py", 1);
+        p = pm_obj_malloc(64);
+    }
+    ASSERT_TRUE(FromTracedHeap(p));
+    {
+        Frame frame("track.py", 2);
+        EXPECT_EQ(0, pm_trace_track(PM_DOMAIN_OBJ, (uintptr_t)p, 10));
+        EXPECT_EQ(0, pm_trace_track(77, (uintptr_t)p, 5));  // another domain: its own trace
+    }
+    EXPECT_EQ(15u, Current());
+    EXPECT_EQ(2, TracedLine(PM_DOMAIN_OBJ, p));
+    EXPECT_EQ(-1, pm_trace_track(PM_DOMAIN_OBJ, (uintptr_t)p, 5000));  // no record holds it
+    EXPECT_EQ(15u, Current());
+    EXPECT_EQ(0, pm_trace_untrack(PM_DOMAIN_OBJ, (uintptr_t)p));
+    EXPECT_EQ(5u, Current());
+    EXPECT_EQ(-1, TracedLine(PM_DOMAIN_OBJ, p));
+    pm_obj_free(p);  // untracked: no effect; the other domain's trace is the caller's
+    EXPECT_EQ(5u, Current());
+    EXPECT_EQ(0, pm_trace_untrack(77, (uintptr_t)p));
+    EXPECT_EQ(0u, Current());
+}
+
+TEST_F(TraceInBlockTest, ATraceThatCannotBeStoredFailsTheCallAndKeepsNoBlock) {
+    GilScope gil;
+    auto *old = static_cast<uint8_t *>(pm_obj_malloc(100));  // from before the session
+    ASSERT_NE(nullptr, old);
+    memset(old, 0x5A, 100);
+    ASSERT_EQ(0, pm_trace_start(1));  // a fresh session: no traceback stored yet
+    size_t blocks_before = pm_allocated_blocks();
+    pm_trace_test_fail_memory(1);
+    {
+        Frame frame("fail.py", 1);
+        errno = 0;
+        EXPECT_EQ(nullptr, pm_obj_malloc(100));
+        EXPECT_EQ(ENOMEM, errno);
+        errno = 0;
+        EXPECT_EQ(nullptr, pm_mem_calloc(2, 50));
+        EXPECT_EQ(ENOMEM, errno);
+        errno = 0;
+        EXPECT_EQ(nullptr, pm_obj_realloc(old, 200));  // old stays valid
+        EXPECT_EQ(ENOMEM, errno);
+    }
+    pm_trace_test_fail_memory(0);
+    EXPECT_EQ(blocks_before, pm_allocated_blocks()) << "no block was kept";
+    EXPECT_EQ(0u, Current());
+    for (size_t i = 0; i < 100; i++) ASSERT_EQ(0x5A, old[i]) << i;
+    ExpectHeapConsistent();
+    pm_obj_free(old);
+    EXPECT_EQ(0u, Current());
+}
+
+}  // namespace
