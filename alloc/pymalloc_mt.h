@@ -352,7 +352,12 @@ PM_API int pm_trace_set_frame_provider(pm_trace_frame_provider fn, void *ctx);
 /* Starts tracing every allocation, keeping nframes frames per trace (CPython's
  * tracemalloc.start(nframes)). Already tracing: sets nframes for new traces. Returns 0, or
  * -1 with errno = EINVAL (nframes outside 1..65535), EBUSY (tracing in sampling mode), or
- * ENOMEM (no memory for a hook). */
+ * ENOMEM (no memory for a hook).
+ *
+ * In GIL mode without thread caches, a mem or object block of up to 496 bytes traced by
+ * such a session is 16 bytes larger than asked (the trace lives in it, see alloc/trace.c);
+ * and pm_trace_stop, pm_trace_clear_traces, snapshots, and track/untrack of such a block
+ * take the GIL when the calling thread does not hold it. */
 PM_API int pm_trace_start(int nframes) PM_GIL_REQUIRED;
 
 /* Starts tracing a sample of allocations: on average one per mean_bytes bytes allocated

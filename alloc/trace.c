@@ -107,6 +107,35 @@
  * (pm_trace_track) in domain mem or object while sampling is not untracked by its free
  * (tracemalloc's track is meant for memory its allocators did not hand out).
  *
+ * Records in blocks. A table costs a full session two cache misses a step (see Cost), so
+ * while a full session's hook sits directly over pymalloc in mem or object, in GIL mode
+ * without thread caches, the trace of a block of up to 496 bytes lives in the block:
+ *
+ *   traced heap block:  [ record: tb | session << 10 | size ][ the caller's bytes ... ]
+ *                         16 bytes                            ^ what malloc returns
+ *
+ * The block comes from pm_traced_heap, a heap of its own (alloc/internal/pymalloc.h), one
+ * class up (n + 16 bytes; 0 bytes take 1, so that the pointer stays inside its pool). The
+ * domain's route names pm_traced_route_heap, so malloc's slow path calls
+ * pm_trace_route_malloc, which captures the traceback first (a trace that cannot be stored
+ * then costs no block) and writes the record. Free needs no hook: a traced heap's pool
+ * fails the owner test, and pm_pymalloc_free_other_heap hands the block to
+ * pm_trace_free_in_block, which takes the record's size out of the count if the record
+ * belongs to the active session. So:
+ *   - blocks allocated before start are main heap blocks, freed as before; and no block
+ *     of the main heap's pools is traced (what is too large for a record comes from the
+ *     raw domain, hook_ctx.sampled, traced in the table), so free's fast path may skip us;
+ *   - clear and stop only renew or end the session: records left behind stop counting,
+ *     and their blocks, which outlive the session, are freed by pymalloc as usual;
+ *   - realloc always moves a block out of the main heap, or keeps it in place with a new
+ *     record when the size stays in its class;
+ *   - snapshots walk the traced heap's pools: a block carved and not on its pool's free
+ *     list is live, and its record counts if its session is the active one.
+ * Everything here runs under the GIL: the mem and object domains require it, and stop,
+ * clear, snapshots and track/untrack of such a block take it when the caller does not hold
+ * it (hold_gil_for_records). Free-threaded mode and thread caches keep the tables: records
+ * there would need a traced heap per thread and snapshots of other threads' pools.
+ *
  * Native tracebacks. backtrace(3), then skip the tracer's own frames and the library's
  * entry point. How many that is depends on inlining, so start calibrates it: a probe
  * records its own stack, allocates through each domain and operation, and the hook finds
@@ -125,8 +154,12 @@
  * more. With the countdown in malloc's own fast path (two instructions on every pair,
  * paid for by the arena map of one word per pool, alloc/internal/pymalloc.h) sampling
  * costs 1.00-1.04x (medians of 11-15 rounds): an unsampled call is what every call pays.
- * Full tracing with one
- * provider frame costs 6.2-7.1x, +544 instructions and +210-230 ns a step (8.1-9.3x and
+ * Full tracing with one provider frame and records in blocks costs 3.9-4.3x, +242
+ * instructions a step (old and new binaries interleaved: the table took 5.5-6.7x); what is
+ * left is the provider and the traceback cache (~80 instructions), the route and record
+ * (~95), free's (~50), and one miss a step: free reads the record of a block the
+ * benchmark has not touched since it allocated it. With the table, full tracing with one
+ * provider frame cost 6.2-7.1x, +544 instructions and +210-230 ns a step (8.1-9.3x and
  * +681 before the cheap paths: the traceback cache, no filter, prefetch, frameless hooks;
  * on the older pymalloc, whose step took 50 ns, 3.8-4.3x against 5.3x). What dominates is
  * memory: each remove and each insert touches a random slot of a 6 MiB table (on this
@@ -138,11 +171,16 @@
  * straddle a line, no gain; at a 7/8 maximum load (a 3 MiB table), 4.7x (longer probe
  * runs). The prefetch hides the insert's miss behind the capture; the remove's has nothing
  * to hide behind. CPython's tracemalloc costs ~10x on object churn. One native frame costs
- * ~1.1 us a step: backtrace(3) unwinds through libgcc's DWARF tables. The tracer holds
- * about 73 bytes per traced block (CPython: about 53 plus a 16-byte record), plus 64 KiB of
+ * ~1.1 us a step: backtrace(3) unwinds through libgcc's DWARF tables. With records in
+ * blocks the tracer holds about 30 bytes per traced block on the benchmark (the 16-byte
+ * record, counted by pm_trace_get_memory, and the tables of blocks too large for one); with
+ * the table about 73 bytes per traced block (CPython: about 53 plus a 16-byte record),
+ * plus 64 KiB of
  * traceback cache per tracing thread.
- * Alternatives rejected: a header per block (the hook could not free blocks allocated
- * before it, nor could blocks cross a stop); one global table (one lock for every thread);
+ * Alternatives rejected: a header on every block (a hook could not free blocks allocated
+ * before it, nor could blocks cross a stop: records in blocks avoid both by giving traced
+ * blocks a heap of their own that pymalloc's free recognises); one global table (one lock
+ * for every thread);
  * freeing in per-thread batches, so that a batch's table misses overlap (a freed block
  * would stay allocated and traced after free returned: current would not be exact, and
  * the debug hooks would report a bad free late, from another call).
@@ -1005,8 +1043,10 @@ typedef struct in_block_record {
 
 #define RECORD_SIZE_BITS 10
 #define RECORD_SIZE_MASK (((size_t)1 << RECORD_SIZE_BITS) - 1)
-_Static_assert(sizeof(in_block_record) == PM_TRACE_RECORD_BYTES, "the record pymalloc leaves room for");
-_Static_assert(PM_TRACED_MAX_REQUEST <= RECORD_SIZE_MASK, "a record's size field holds any request");
+_Static_assert(sizeof(in_block_record) == PM_TRACE_RECORD_BYTES,
+               "the record pymalloc leaves room for");
+_Static_assert(PM_TRACED_MAX_REQUEST <= RECORD_SIZE_MASK,
+               "a record's size field holds any request");
 
 static inline size_t record_session(size_t session_size) {
     return session_size >> RECORD_SIZE_BITS;
@@ -1069,8 +1109,8 @@ static in_block_record *in_block_record_of(const void *p) {
 static const pm_trace_tb *in_block_traceback(const void *p) {
     const in_block_record *r = in_block_record_of(p);
     if (r == NULL || r->session_size == 0) return NULL;
-    if (record_session(r->session_size) != pm_atomic_load_size_relaxed(&active_session)) return NULL;
-    return r->tb;
+    size_t session = pm_atomic_load_size_relaxed(&active_session);
+    return record_session(r->session_size) == session ? r->tb : NULL;
 }
 
 /* Records in blocks change only under the GIL; start holds it, and stop, clear, snapshots
@@ -1125,7 +1165,8 @@ __attribute__((noinline)) static void *traced_alloc(const hook_ctx *h, int op, s
     pm_trace_gate.depth++;
     /* Over pymalloc, sampled blocks and those too large for records in blocks come from the
      * raw domain: then no block of the main heap's pools is traced, and its frees skip us. */
-    const pm_allocator *a = session & (SAMPLING_SESSION | IN_BLOCK_SESSION) ? h->sampled : &h->wrapped;
+    const pm_allocator *a =
+        session & (SAMPLING_SESSION | IN_BLOCK_SESSION) ? h->sampled : &h->wrapped;
     void *p = call_alloc(a, op, nelem, elsize);
     if (p != NULL && record(h->domain, op, (uintptr_t)p, total | flags, session) != 0) {
         h->wrapped.free(h->wrapped.ctx, p);
@@ -1205,8 +1246,10 @@ static void *hook_calloc(void *ctx, size_t nelem, size_t elsize) {
  * depth calibrate() measured. */
 static void *realloc_pool_block(const hook_ctx *h, void *ptr, pm_pool *pool, size_t new_size,
                                 const pm_trace_tb *tb, size_t session) {
-    in_block_record *old = pm_pool_owner(pool) == &pm_traced_heap ? (in_block_record *)ptr - 1 : NULL;
-    size_t usable = pm_class_block_size(pool->size_class) - (old != NULL ? PM_TRACE_RECORD_BYTES : 0);
+    in_block_record *old =
+        pm_pool_owner(pool) == &pm_traced_heap ? (in_block_record *)ptr - 1 : NULL;
+    size_t usable =
+        pm_class_block_size(pool->size_class) - (old != NULL ? PM_TRACE_RECORD_BYTES : 0);
     if (old != NULL && new_size <= usable && new_size + PM_TRACE_RECORD_BYTES > usable) {
         in_block_untrace(old); /* same class: a new record in place */
         if (tb != NULL) {

@@ -102,7 +102,9 @@ TEST_F(TraceInBlockTest, CallocZeroesAndReallocKeepsContentsAndRetraces) {
         uint8_t *q = static_cast<uint8_t *>(pm_obj_realloc(p, steps[i]));
         ASSERT_NE(nullptr, q) << steps[i];
         kept = kept < steps[i] ? kept : steps[i];
-        for (size_t j = 0; j < kept; j++) ASSERT_EQ((uint8_t)j, q[j]) << "byte " << j << " at " << steps[i];
+        for (size_t j = 0; j < kept; j++) {
+            ASSERT_EQ((uint8_t)j, q[j]) << "byte " << j << " at " << steps[i];
+        }
         for (size_t j = kept; j < steps[i]; j++) q[j] = (uint8_t)j;
         kept = steps[i];
         // A block that went to the raw domain stays there, as pymalloc's realloc keeps it.
