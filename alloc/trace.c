@@ -1260,6 +1260,13 @@ static void *realloc_pool_block(const hook_ctx *h, void *ptr, pm_pool *pool, siz
         }
         return ptr;
     }
+    /* The old trace goes first, as in traced_realloc: current and the peak never count
+     * the old block and the new one together (found by fuzz/fuzz_trace.c). */
+    in_block_record saved = {NULL, 0};
+    if (old != NULL) {
+        saved = *old;
+        in_block_untrace(old);
+    }
     void *q;
     if (new_size <= PM_TRACED_MAX_REQUEST) {
         q = place_in_block(tb, new_size, session);
@@ -1272,7 +1279,17 @@ static void *realloc_pool_block(const hook_ctx *h, void *ptr, pm_pool *pool, siz
             errno = ENOMEM;
         }
     }
-    if (q == NULL) return NULL; /* ptr untouched, its record too */
+    if (q == NULL) {
+        /* ptr is untouched: its record comes back, counted again if it counted before. */
+        if (old != NULL) {
+            *old = saved;
+            if (saved.session_size != 0 && record_session(saved.session_size) ==
+                                               pm_atomic_load_size_relaxed(&active_session)) {
+                in_block_account((ptrdiff_t)(saved.session_size & RECORD_SIZE_MASK), 1);
+            }
+        }
+        return NULL;
+    }
     memcpy(q, ptr, new_size < usable ? new_size : usable);
     h->wrapped.free(h->wrapped.ctx, ptr);
     return q;

@@ -119,6 +119,26 @@ TEST_F(TraceInBlockTest, CallocZeroesAndReallocKeepsContentsAndRetraces) {
     ExpectHeapConsistent();
 }
 
+// realloc takes the old trace out before the new block counts, as with the table: the
+// peak never sees both (found by fuzz_trace). The peak is checked every 16 KiB a thread
+// grows by, so the realloc here is what crosses that line.
+TEST_F(TraceInBlockTest, AMovingReallocNeverCountsBothBlocks) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start(1));
+    Frame frame("peak.py", 1);
+    pm_trace_reset_peak();
+    std::vector<void *> blocks;
+    for (int i = 0; i < 40; i++) blocks.push_back(pm_obj_malloc(400));  // 16,000 bytes
+    void *moved = pm_obj_realloc(blocks[0], 480);  // another class: the block moves
+    ASSERT_NE(nullptr, moved);
+    ASSERT_NE(blocks[0], moved);
+    blocks[0] = moved;
+    EXPECT_EQ(16080u, Current());
+    EXPECT_EQ(16080u, trace_test::Peak());
+    for (void *p : blocks) pm_obj_free(p);
+    EXPECT_EQ(0u, Current());
+}
+
 TEST_F(TraceInBlockTest, ABlockFromBeforeStartIsTracedWhenReallocated) {
     GilScope gil;
     auto *old = static_cast<uint8_t *>(pm_obj_malloc(64));
