@@ -144,8 +144,10 @@
  * Cost (tools/bench/trace_cost.c: object-domain churn over 100,000 live blocks, -O2; a
  * 2-core machine shared with other builds, ratios moving by 0.5 between runs; instruction
  * counts from callgrind). With pool headers out of the pools the untraced step takes 33-38
- * ns and 119 instructions. Any hook at all costs 1.35-1.45x (+28 instructions, +14-19 ns a
- * step), because pymalloc's inline paths are bypassed while one is installed. Sampling at
+ * ns and 119 instructions (now 28-35 ns and 108). Any hook at all cost 1.35-1.45x (+28
+ * instructions, +14-19 ns a step; now 1.6-1.8x and +100 instructions, through the bypass
+ * route's slow path), because pymalloc's inline paths are bypassed while one is installed.
+ * Sampling at
  * the default rate cost 1.4-1.7x through the hook (+46 instructions a step over a
  * pass-through hook: the countdown on malloc, a filter bit on free). Over pymalloc's
  * sampling route it cost 1.14x (median of 15 rounds; 1.15x with no sample ever taken,
