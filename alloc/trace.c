@@ -509,15 +509,17 @@ static void raise_peak(size_t value) {
     }
 }
 
-static void note_growth(size_t bytes) {
-    tls.peak_growth += bytes;
-    if (tls.peak_growth >= PEAK_CHECK_BYTES) {
-        tls.peak_growth = 0;
-        raise_peak(current_bytes());
-    }
+__attribute__((noinline)) static void check_peak(void) {
+    tls.peak_growth = 0;
+    raise_peak(current_bytes());
 }
 
-static void note_shrink(size_t bytes) {
+static inline void note_growth(size_t bytes) {
+    tls.peak_growth += bytes;
+    if (__builtin_expect(tls.peak_growth >= PEAK_CHECK_BYTES, 0)) check_peak();
+}
+
+static inline void note_shrink(size_t bytes) {
     tls.peak_growth = tls.peak_growth > bytes ? tls.peak_growth - bytes : 0;
 }
 
@@ -839,8 +841,10 @@ static void **capture_pcs(void) {
     return (void **)(void *)(tls.frames + tls.frames_cap);
 }
 
-/* The provider's frames, interned. A short traceback is captured on the stack. */
-static inline const pm_trace_tb *capture_provided(const provider_record *provider,
+/* The provider's frames, interned. A short traceback is captured on the stack. Always
+ * inlined: in a traced malloc it saves a frame's worth of register saves and moves. */
+__attribute__((always_inline)) static inline const pm_trace_tb *capture_provided(
+    const provider_record *provider,
                                                   unsigned domain, size_t nframes,
                                                   size_t session) {
     pm_trace_frame small[CACHED_FRAMES];
@@ -1138,29 +1142,38 @@ static void *call_alloc(const pm_allocator *a, int op, size_t nelem, size_t size
     }
 }
 
+/* A traced block with its record in front (see "Records in blocks"); total is at most
+ * PM_TRACED_MAX_REQUEST. The traceback comes first: a trace that cannot be stored then
+ * costs no block. Always inlined into its callers, each called straight from a hook or
+ * route, so that capture_native runs at the depth calibrate() measured. */
+__attribute__((always_inline)) static inline void *alloc_in_block(const hook_ctx *h, int op,
+                                                                  size_t total, size_t session) {
+    const pm_trace_tb *tb = NULL;
+    pm_trace_gate.depth++; /* a frame provider's own allocations are not traced */
+    if (__builtin_expect(tls.calibrating, 0)) {
+        calibrate_here();
+    } else {
+        int skip = pm_atomic_load_int_relaxed(&native_skip[h->domain][op]);
+        tb = capture(h->domain, skip < 0 ? 0 : skip, session);
+        if (__builtin_expect(tb == NULL, 0)) {
+            pm_trace_gate.depth--;
+            errno = ENOMEM;
+            return NULL;
+        }
+    }
+    pm_trace_gate.depth--;
+    void *p = place_in_block(tb, total, session);
+    if (op == OP_CALLOC && p != NULL) memset(p, 0, total);
+    return p;
+}
+
 /* malloc, calloc and realloc(NULL, n) when traced. */
 __attribute__((noinline)) static void *traced_alloc(const hook_ctx *h, int op, size_t nelem,
                                                     size_t elsize, size_t total) {
     size_t session = pm_atomic_load_size_acquire(&active_session);
     if (session == 0) return call_alloc(&h->wrapped, op, nelem, elsize);
     if ((session & IN_BLOCK_SESSION) && h->over_pymalloc && total <= PM_TRACED_MAX_REQUEST) {
-        /* The traceback first: a trace that cannot be stored then costs no block. */
-        const pm_trace_tb *tb = NULL;
-        pm_trace_gate.depth++; /* a frame provider's own allocations are not traced */
-        if (__builtin_expect(tls.calibrating, 0)) {
-            calibrate_here();
-        } else {
-            int skip = pm_atomic_load_int_relaxed(&native_skip[h->domain][op]);
-            tb = capture(h->domain, skip < 0 ? 0 : skip, session);
-        }
-        pm_trace_gate.depth--;
-        if (tb == NULL && !tls.calibrating) {
-            errno = ENOMEM;
-            return NULL;
-        }
-        void *p = place_in_block(tb, total, session);
-        if (p != NULL && op == OP_CALLOC) memset(p, 0, total);
-        return p;
+        return alloc_in_block(h, op, total, session);
     }
     bool sampling = session & SAMPLING_SESSION;
     size_t flags = sampling ? SAMPLED_FLAG : 0;
@@ -1445,10 +1458,23 @@ bool pm_trace_records_in_blocks(const pm_allocator *record) {
            pm_atomic_load_int_relaxed(&in_block_mode) != 0;
 }
 
+/* pm_trace_route_malloc's common case, apart from traced_alloc's other paths, whose
+ * registers it would otherwise save and restore. */
+__attribute__((noinline)) static void *route_malloc_in_block(const hook_ctx *h, size_t size,
+                                                             size_t session) {
+    return alloc_in_block(h, OP_MALLOC, size, session);
+}
+
 void *pm_trace_route_malloc(size_t nbytes, int route) {
     const pm_allocator *a = pm_domain_current((pm_domain)route);
     if (pm_trace_gate.depth == 0 && is_hook(a)) {
-        return traced_alloc(a->ctx, OP_MALLOC, 1, nbytes, nbytes);
+        const hook_ctx *h = a->ctx;
+        size_t session = pm_atomic_load_size_acquire(&active_session);
+        /* Both calls are the same depth from here, which calibrate() measures. */
+        if ((session & IN_BLOCK_SESSION) && nbytes <= PM_TRACED_MAX_REQUEST && h->over_pymalloc) {
+            return route_malloc_in_block(h, nbytes, session);
+        }
+        return traced_alloc(h, OP_MALLOC, 1, nbytes, nbytes);
     }
     /* Nested in a hook (a frame provider allocating), or the hook was replaced meanwhile. */
     if (nbytes > (size_t)PTRDIFF_MAX) return NULL;

@@ -260,6 +260,69 @@ TEST_F(TraceTest, NativeTracebacksStartAtTheCallerOfTheDomain) {
     pm_raw_free(p);
 }
 
+// Every domain, operation and size class of path: pymalloc's small blocks (kept with their
+// trace in the block while tracing everything over pymalloc in GIL mode), its large ones
+// (from the raw domain, traced in the table), a realloc that moves a block. Each must start
+// at the caller, whatever route led to the capture.
+__attribute__((noinline)) void *AllocateThrough(int domain, int op, void *old, size_t size)
+    PM_GIL_REQUIRED {
+    void *p = nullptr;
+    switch (domain * 3 + op) {
+    case 0: p = pm_raw_malloc(size); break;
+    case 1: p = pm_raw_calloc(1, size); break;
+    case 2: p = pm_raw_realloc(old, size); break;
+    case 3: p = pm_mem_malloc(size); break;
+    case 4: p = pm_mem_calloc(1, size); break;
+    case 5: p = pm_mem_realloc(old, size); break;
+    case 6: p = pm_obj_malloc(size); break;
+    case 7: p = pm_obj_calloc(1, size); break;
+    default: p = pm_obj_realloc(old, size); break;
+    }
+    __asm__ volatile("" ::: "memory");  // not a tail call: this frame stays on the stack
+    return p;
+}
+
+void FreeIn(int domain, void *p) PM_GIL_REQUIRED {
+    if (domain == PM_DOMAIN_RAW) {
+        pm_raw_free(p);
+    } else if (domain == PM_DOMAIN_MEM) {
+        pm_mem_free(p);
+    } else {
+        pm_obj_free(p);
+    }
+}
+
+TEST_F(TraceTest, NativeTracebacksStartAtTheCallerOnEveryRoute) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_set_frame_provider(nullptr, nullptr));
+    ASSERT_EQ(0, pm_trace_start(2));
+    Dl_info info;
+    ASSERT_NE(0, dladdr(reinterpret_cast<void *>(&AllocateThrough), &info));
+    uintptr_t function = reinterpret_cast<uintptr_t>(&AllocateThrough) -
+                         reinterpret_cast<uintptr_t>(info.dli_fbase);
+    for (int d = 0; d < PM_DOMAIN_COUNT; d++) {
+        for (int op = 0; op < 3; op++) {
+            for (size_t size : {size_t(24), size_t(2000)}) {
+                for (bool moving : {false, true}) {
+                    if (moving && op != 2) continue;
+                    // A realloc that moves: from a block of another size class.
+                    void *old = moving ? AllocateThrough(d, 0, nullptr, size / 2 + 100) : nullptr;
+                    void *p = AllocateThrough(d, op, old, size);
+                    ASSERT_NE(nullptr, p);
+                    pm_trace_frame frames[2] = {};
+                    ASSERT_GE(pm_trace_get_traceback(pm_domain(d), p, frames, 2), 1);
+                    EXPECT_STREQ(info.dli_fname, frames[0].filename)
+                        << d << "/" << op << "/" << size << "/" << moving;
+                    EXPECT_GT(frames[0].lineno, function) << d << "/" << op << "/" << size;
+                    EXPECT_LT(frames[0].lineno, function + 512)
+                        << d << "/" << op << "/" << size << "/" << moving;
+                    FreeIn(d, p);
+                }
+            }
+        }
+    }
+}
+
 // ---- blocks across start and stop ---------------------------------------------------------
 
 TEST_F(TraceTest, BlocksCrossTheStartAndTheStopOfTracing) {
