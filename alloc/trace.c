@@ -156,10 +156,10 @@
  * more. With the countdown in malloc's own fast path (two instructions on every pair,
  * paid for by the arena map of one word per pool, alloc/internal/pymalloc.h) sampling
  * costs 1.00-1.04x (medians of 11-15 rounds): an unsampled call is what every call pays.
- * Full tracing with one provider frame and records in blocks costs 3.9-4.3x, +242
- * instructions a step (old and new binaries interleaved: the table took 5.5-6.7x); what is
+ * Full tracing with one provider frame and records in blocks costs 3.6-4.2x, +208
+ * instructions a step (old and new binaries interleaved: the table took 6.7-8.5x); what is
  * left is the provider and the traceback cache (~80 instructions), the route and record
- * (~95), free's (~50), and one miss a step: free reads the record of a block the
+ * (~75), free's (~50), and one miss a step: free reads the record of a block the
  * benchmark has not touched since it allocated it. With the table, full tracing with one
  * provider frame cost 6.2-7.1x, +544 instructions and +210-230 ns a step (8.1-9.3x and
  * +681 before the cheap paths: the traceback cache, no filter, prefetch, frameless hooks;
