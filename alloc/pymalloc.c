@@ -468,13 +468,6 @@ void pm_raw_blocks_sub(void) {
 
 /* ---- calloc and realloc -------------------------------------------------------------- */
 
-/* Bytes the caller of p, a block of `pool`, may use: the block, less the tracer's record in
- * front of a traced heap's blocks. */
-static size_t usable_size(const pm_pool *pool) {
-    size_t size = pm_class_block_size(pool->size_class);
-    return pm_pool_owner(pool) == &pm_traced_heap ? size - PM_TRACE_RECORD_BYTES : size;
-}
-
 void *pm_pymalloc_calloc(void *ctx, size_t nelem, size_t elsize) {
     (void)ctx;
     if (elsize != 0 && nelem > (size_t)PTRDIFF_MAX / elsize) return NULL;
@@ -498,7 +491,7 @@ void *pm_pymalloc_realloc(void *ctx, void *p, size_t nbytes) {
          * the raw domain whatever its new size, as in CPython. */
         return pm_raw_realloc(p, nbytes);
     }
-    size_t size = usable_size(pool);
+    size_t size = pm_pool_usable_size(pool);
     size_t keep = size;
     if (nbytes <= size) {
         /* Shrinking by less than a quarter: not worth a copy. A traced heap's block always
@@ -556,7 +549,7 @@ static void *unpooled_realloc(void *ctx, void *p, size_t nbytes) {
     if (p == NULL) return unpooled_malloc(ctx, nbytes);
     pm_pool *pool = pm_pool_of(p);
     if (pool == NULL) return pm_raw_realloc(p, nbytes);
-    size_t size = usable_size(pool);
+    size_t size = pm_pool_usable_size(pool);
     void *q = unpooled_malloc(ctx, nbytes);
     if (q == NULL) return NULL; /* p untouched and still valid */
     memcpy(q, p, nbytes < size ? nbytes : size);

@@ -1263,8 +1263,7 @@ static void *realloc_pool_block(const hook_ctx *h, void *ptr, pm_pool *pool, siz
                                 const pm_trace_tb *tb, size_t session) {
     in_block_record *old =
         pm_pool_owner(pool) == &pm_traced_heap ? (in_block_record *)ptr - 1 : NULL;
-    size_t usable =
-        pm_class_block_size(pool->size_class) - (old != NULL ? PM_TRACE_RECORD_BYTES : 0);
+    size_t usable = pm_pool_usable_size(pool);
     if (old != NULL && new_size <= usable && new_size + PM_TRACE_RECORD_BYTES > usable) {
         in_block_untrace(old); /* same class: a new record in place */
         if (tb != NULL) {

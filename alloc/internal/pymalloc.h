@@ -218,6 +218,13 @@ static inline pm_heap *pm_pool_owner(const pm_pool *pool) {
     return (pm_heap *)pm_atomic_load_ptr_acquire(&pool->owner);
 }
 
+/* Bytes the caller may use of a block of `pool`: the block, less the tracer's record in
+ * front of a traced heap's blocks. */
+static inline size_t pm_pool_usable_size(const pm_pool *pool) {
+    size_t size = pm_class_block_size(pool->size_class);
+    return pm_pool_owner(pool) == &pm_traced_heap ? size - PM_TRACE_RECORD_BYTES : size;
+}
+
 /* The owner as its owner sees it: a plain load, for the slow paths of the thread that owns
  * the pool (or holds the lock that does). Nobody else writes the field meanwhile, so there is
  * no race, and the compiler keeps the freedom an atomic load (a compiler barrier) takes away. */
