@@ -30,10 +30,13 @@
  *
  * Fork. A child goes on tracing from empty tables, with every lock free (see fork_child).
  *
- * Locking. No GIL anywhere (CPython's raw hook takes it, which has deadlocked programs):
- * a traced allocation takes its traceback shard's lock (unless the thread cache hits) and
- * its trace shard's lock, each alone, never nested. A free while tracing everything takes
- * its trace shard's lock (nearly every block is traced then); while sampling, only if a
+ * Locking. No hook takes the GIL (CPython's raw hook takes it, which has deadlocked
+ * programs; only stop, clear, snapshots and track/untrack take it, and only while records
+ * live in blocks): a traced allocation takes its traceback shard's lock (unless the thread
+ * cache hits) and its trace shard's lock, each alone, never nested; a block that keeps its
+ * record (see "Records in blocks") takes no trace shard's lock, in malloc or free. Any
+ * other free while tracing everything takes its trace shard's lock (nearly every block is
+ * traced then); while sampling, only if a
  * 2 KiB filter (one bit per bucket of addresses: "some trace here") says the pointer may
  * be traced: the bits live in L1, the counts behind them (64 KiB) are only touched by
  * traced blocks. A shard owns its buckets' bits and counts, and keeps them only for
@@ -156,8 +159,9 @@
  * more. With the countdown in malloc's own fast path (two instructions on every pair,
  * paid for by the arena map of one word per pool, alloc/internal/pymalloc.h) sampling
  * costs 1.00-1.04x (medians of 11-15 rounds): an unsampled call is what every call pays.
- * Full tracing with one provider frame and records in blocks costs 3.6-4.2x, +208
- * instructions a step (old and new binaries interleaved: the table took 6.7-8.5x); what is
+ * Full tracing with one provider frame and records in blocks costs 3.6-4.2x (3.2-3.4x in
+ * a quieter run), +208 instructions a step (old and new binaries interleaved: the table
+ * took 6.7-8.5x); what is
  * left is the provider and the traceback cache (~80 instructions), the route and record
  * (~75), free's (~50), and one miss a step: free reads the record of a block the
  * benchmark has not touched since it allocated it. With the table, full tracing with one
