@@ -211,6 +211,21 @@ static bool check_pool(heap_walk *walk, const pm_arena *arena, const pm_pool *po
         return false;
     }
     const pm_heap *owner = pm_pool_owner(pool);
+    /* The tracer's marks (alloc/trace.c, "Marks"): a traced heap's pool has them, and no
+     * free block of it counts; any other pool gave its marks back when it left. */
+    if ((owner == &pm_traced_heap) != (pool->marks != NULL)) {
+        fail(walk, "pool %p (class %u): owned by %s heap, but %s marks", at, size_class,
+             owner == &pm_traced_heap ? "the traced" : "another",
+             pool->marks != NULL ? "has" : "has no");
+        return false;
+    }
+    for (const pm_block *b = pool->free; b != NULL && pool->marks != NULL; b = b->next) {
+        if (pool->marks[((uintptr_t)b - base) / size] != 0) {
+            fail(walk, "pool %p (class %u): free block %p is marked as traced", at, size_class,
+                 (const void *)b);
+            return false;
+        }
+    }
     /* No free block and not marked full: legal only for the head of its owner's list, which
      * malloc exhausted and has not settled yet (alloc/internal/pymalloc.h). */
     bool exhausted_head = pool->free == NULL && !pm_pool_full(pool) && is_heap(owner) &&

@@ -382,6 +382,7 @@ void pm_pymalloc_free_slow(pm_pool *pool) {
         pm_heap_unlink(heap, pool); /* empty */
     }
     if (__builtin_expect(heap == &pm_main_heap, 1) || heap == &pm_traced_heap) {
+        if (heap == &pm_traced_heap) pm_trace_pool_leaves_traced_heap(pool);
         pm_arena_return_pool(pool);
     } else {
         pm_thread_cache_pool_empty(heap, pool);

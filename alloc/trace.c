@@ -114,26 +114,27 @@
  * while a full session's hook sits directly over pymalloc in mem or object, in GIL mode
  * without thread caches, the trace of a block of up to 496 bytes lives in the block:
  *
- *   traced heap block:  [ record: tb | session << 10 | size ][ the caller's bytes ... ]
- *                         16 bytes                            ^ what malloc returns
+ *   traced heap block:  [ record: tb | size ][ the caller's bytes ... ]
+ *                         16 bytes           ^ what malloc returns
+ *   its pool's marks:   [ .. | mark | .. ]   a byte a block: counted? and the size
  *
  * The block comes from pm_traced_heap, a heap of its own (alloc/internal/pymalloc.h), one
  * class up (n + 16 bytes; 0 bytes take 1, so that the pointer stays inside its pool). The
  * domain's route names pm_traced_route_heap, so malloc's slow path calls
  * pm_trace_route_malloc, which captures the traceback first (a trace that cannot be stored
- * then costs no block) and writes the record. Free needs no hook: a traced heap's pool
- * fails the owner test, and pm_pymalloc_free_other_heap hands the block to
- * pm_trace_free_in_block, which takes the record's size out of the count if the record
- * belongs to the active session. So:
+ * then costs no block) and writes the record and the block's mark. Free needs no hook: a
+ * traced heap's pool fails the owner test, and pm_pymalloc_free_other_heap hands the block
+ * to pm_trace_free_in_block, which takes the block's size out of the count if its mark
+ * says it counts; it reads the mark, not the record (see Marks, below). So:
  *   - blocks allocated before start are main heap blocks, freed as before; and no block
  *     of the main heap's pools is traced (what is too large for a record comes from the
  *     raw domain, hook_ctx.sampled, traced in the table), so free's fast path may skip us;
- *   - clear and stop only renew or end the session: records left behind stop counting,
- *     and their blocks, which outlive the session, are freed by pymalloc as usual;
+ *   - clear and stop renew or end the session and zero the marks: records left behind stop
+ *     counting, and their blocks, which outlive the session, are freed by pymalloc as usual;
  *   - realloc always moves a block out of the main heap, or keeps it in place with a new
  *     record when the size stays in its class;
  *   - snapshots walk the traced heap's pools: a block carved and not on its pool's free
- *     list is live, and its record counts if its session is the active one.
+ *     list is live, and its record counts if its mark is set.
  * Everything here runs under the GIL: the mem and object domains require it, and stop,
  * clear, snapshots and track/untrack of such a block take it when the caller does not hold
  * it (hold_gil_for_records). Free-threaded mode and thread caches keep the tables: records
@@ -159,12 +160,14 @@
  * more. With the countdown in malloc's own fast path (two instructions on every pair,
  * paid for by the arena map of one word per pool, alloc/internal/pymalloc.h) sampling
  * costs 1.00-1.04x (medians of 11-15 rounds): an unsampled call is what every call pays.
- * Full tracing with one provider frame and records in blocks costs 3.6-4.2x (3.2-3.4x in
+ * Full tracing with one provider frame and records in blocks cost 3.6-4.2x (3.2-3.4x in
  * a quieter run), +208 instructions a step (old and new binaries interleaved: the table
- * took 6.7-8.5x); what is
- * left is the provider and the traceback cache (~80 instructions), the route and record
- * (~75), free's (~50), and one miss a step: free reads the record of a block the
- * benchmark has not touched since it allocated it. With the table, full tracing with one
+ * took 6.7-8.5x), with one miss a step: free read the record of a block the benchmark had
+ * not touched since it allocated it. With marks free reads none: 3.04-3.11x in five
+ * interleaved runs in which the record-reading binary took 3.2-4.4x, at +222
+ * instructions a step (the block's index, a multiplication, on both sides) and 2 bytes
+ * more of bookkeeping a block. What is left is the provider and the traceback cache (~80
+ * instructions), the route, record and mark (~85), free's (~55). With the table, full tracing with one
  * provider frame cost 6.2-7.1x, +544 instructions and +210-230 ns a step (8.1-9.3x and
  * +681 before the cheap paths: the traceback cache, no filter, prefetch, frameless hooks;
  * on the older pymalloc, whose step took 50 ns, 3.8-4.3x against 5.3x). What dominates is
@@ -1042,24 +1045,140 @@ bool pm_trace_pymalloc_sample_point(size_t size, int route) {
 /* ---- records in blocks ------------------------------------------------------------------ */
 
 /* The trace of a traced heap's block, in the block's first bytes; the caller's pointer is
- * just after it. session_size is session << RECORD_SIZE_BITS | the size asked for, or 0
- * for a block that is not traced (allocated while calibrating, or untraced since). A
- * record counts only while its session is the active one: clear and stop just renew or end
- * the session, and the tracebacks of records left behind are never read again. */
+ * just after it. Whether it counts is the block's mark (below): a record whose session
+ * has ended stays where it is, and its traceback, freed with the session's tables, is
+ * never read again. */
 typedef struct in_block_record {
     const pm_trace_tb *tb;
-    size_t session_size;
+    size_t size; /* asked for */
 } in_block_record;
 
-#define RECORD_SIZE_BITS 10
-#define RECORD_SIZE_MASK (((size_t)1 << RECORD_SIZE_BITS) - 1)
 _Static_assert(sizeof(in_block_record) == PM_TRACE_RECORD_BYTES,
                "the record pymalloc leaves room for");
-_Static_assert(PM_TRACED_MAX_REQUEST <= RECORD_SIZE_MASK,
-               "a record's size field holds any request");
 
-static inline size_t record_session(size_t session_size) {
-    return session_size >> RECORD_SIZE_BITS;
+/* Marks. Free must know whether a record counts, and its size, but reading the record is
+ * a miss when the block has gone cold since its malloc (the benchmark's free took 3.2-3.4x
+ * with that read, 2.7-2.8x without it). So a traced heap's pool has a byte a block apart
+ * from the blocks, pool->marks, where its blocks' marks sit together and usually in cache:
+ *
+ *   0               not counted: untraced, freed, or left from an ended session
+ *   1..254          counted; the size is the block's usable size less (mark - 1)
+ *   MARK_IN_RECORD  counted; the size is the record's (a tracked size the slack cannot say)
+ *
+ * A malloc's slack is at most 16 bytes (0 bytes take a 16-byte slot), so its mark always
+ * says the size. Marks are nonzero only for live blocks counted in the active session:
+ * free and untrack zero them, and reset_tables zeroes every pool's when a session ends or
+ * is cleared. A pool gets marks for its class's blocks (a power of two from 64 to 1,024
+ * bytes) with its first traced block, and gives them back, all zero, when it goes back to
+ * its arena (pm_trace_pool_leaves_traced_heap); they are kept for the next pool on free
+ * lists, one a size, and never go back to the OS. */
+#define MARK_IN_RECORD 0xFF
+#define MARK_BUCKETS 5 /* 64 << 0 .. 64 << 4 bytes: traced blocks are >= 32 bytes */
+#define MARK_CHUNK_BYTES ((size_t)64 << 10)
+_Static_assert(PM_POOL_SIZE / (2 * PM_ALIGNMENT) <= (size_t)64 << (MARK_BUCKETS - 1),
+               "the largest bucket holds the marks of the smallest traced class");
+
+/* The index of a block in its pool: offset / block size, as a multiplication by
+ * 2^32 / (size / 16) rounded up, exact for every offset in a pool (offset / 16 < 2^12,
+ * and the rounding error times that stays below 2^32). Pools are aligned to their size,
+ * so the offset is the address's low bits. */
+static uint32_t block_index_multiplier[PM_NUM_CLASSES];
+
+static void init_block_index_multipliers(void) {
+    for (unsigned c = 0; c < PM_NUM_CLASSES; c++) {
+        uint64_t units = c + 1;
+        block_index_multiplier[c] = (uint32_t)(((uint64_t)1 << 32) / units + 1);
+    }
+}
+
+static inline size_t block_index(const pm_pool *pool, const void *block) {
+    uint64_t units = ((uintptr_t)block & PM_POOL_MASK) >> PM_ALIGNMENT_SHIFT;
+    return (size_t)((units * block_index_multiplier[pool->size_class]) >> 32);
+}
+
+/* Chunks of tracer memory cut into marks; the GIL is held. */
+static uint8_t *marks_next, *marks_end;
+static uint8_t *spare_marks[MARK_BUCKETS]; /* linked through their first word */
+#define MARK_LINK_BYTES 8
+_Static_assert(sizeof(uint8_t *) == MARK_LINK_BYTES, "a spare array's link");
+
+static void push_spare_marks(unsigned bucket, uint8_t *marks) {
+    memcpy(marks, &spare_marks[bucket], MARK_LINK_BYTES);
+    spare_marks[bucket] = marks;
+}
+
+/* A spare array of the bucket, all zero, or NULL. */
+static uint8_t *pop_spare_marks(unsigned bucket) {
+    uint8_t *marks = spare_marks[bucket];
+    if (marks != NULL) {
+        memcpy(&spare_marks[bucket], marks, MARK_LINK_BYTES);
+        memset(marks, 0, MARK_LINK_BYTES);
+    }
+    return marks;
+}
+
+static unsigned marks_bucket(unsigned size_class) {
+    size_t blocks = pm_class_capacity(size_class);
+    unsigned bucket = 0;
+    while (((size_t)64 << bucket) < blocks) bucket++;
+    return bucket;
+}
+
+/* Gives a pool that has none marks for its class, all zero; false when there is no memory. */
+static bool give_marks(pm_pool *pool) {
+    unsigned bucket = marks_bucket(pool->size_class);
+    uint8_t *marks = pop_spare_marks(bucket);
+    if (marks == NULL) {
+        size_t bytes = (size_t)64 << bucket;
+        if ((size_t)(marks_end - marks_next) < bytes) {
+            /* The rest of the old chunk (a multiple of 64) goes to the spare lists. */
+            while (marks_next != marks_end) {
+                unsigned b = 0;
+                while (b + 1 < MARK_BUCKETS && ((size_t)64 << (b + 1)) <= (size_t)(marks_end - marks_next)) b++;
+                push_spare_marks(b, marks_next);
+                marks_next += (size_t)64 << b;
+            }
+            uint8_t *chunk = pm_trace_mem_alloc(MARK_CHUNK_BYTES);
+            if (chunk == NULL) return false;
+            marks_next = chunk;
+            marks_end = chunk + MARK_CHUNK_BYTES;
+        }
+        marks = marks_next;
+        marks_next += bytes;
+    }
+    pool->marks = marks;
+    return true;
+}
+
+void pm_trace_pool_leaves_traced_heap(pm_pool *pool) {
+    uint8_t *marks = pool->marks;
+    if (marks == NULL) return;
+    push_spare_marks(marks_bucket(pool->size_class), marks);
+    pool->marks = NULL;
+}
+
+/* The block less its record: one class down (PM_TRACE_RECORD_BYTES is one class). */
+static inline size_t traced_usable_size(const pm_pool *pool) {
+    return (size_t)pool->size_class << PM_ALIGNMENT_SHIFT;
+}
+_Static_assert(PM_TRACE_RECORD_BYTES == PM_ALIGNMENT, "traced_usable_size");
+
+static inline uint8_t mark_for(const pm_pool *pool, size_t size) {
+    size_t usable = traced_usable_size(pool);
+    return size <= usable && usable - size < MARK_IN_RECORD - 1 ? (uint8_t)(usable - size + 1)
+                                                               : MARK_IN_RECORD;
+}
+
+static inline size_t marked_size(const pm_pool *pool, uint8_t mark, const in_block_record *r) {
+    return mark != MARK_IN_RECORD ? traced_usable_size(pool) - (size_t)(mark - 1) : r->size;
+}
+
+static void zero_marks_of(const pm_arena *arena, void *unused) {
+    (void)unused;
+    for (uint32_t i = 0; i < arena->carved_pools; i++) {
+        const pm_pool *pool = &arena->pools[i];
+        if (pool->marks != NULL) memset(pool->marks, 0, pm_class_capacity(pool->size_class));
+    }
 }
 
 /* The GIL is held (records in blocks exist only in GIL mode without thread caches). */
@@ -1070,16 +1189,45 @@ static inline void in_block_account(ptrdiff_t bytes, ptrdiff_t count) {
                                  pm_atomic_load_size_relaxed(&in_block_count) + (size_t)count);
 }
 
-/* `size` bytes (at most PM_TRACED_MAX_REQUEST) from the traced heap, the record {tb,
- * session, size} in front of them; tb NULL: untraced. NULL when pymalloc has no memory. */
-static inline void *place_in_block(const pm_trace_tb *tb, size_t size, size_t session) {
+/* Makes r (in pool, whose mark for it is *mark and zero) count `size` bytes with tb. */
+static inline void in_block_trace(const pm_pool *pool, uint8_t *mark, in_block_record *r,
+                                  const pm_trace_tb *tb, size_t size) {
+    r->tb = tb;
+    r->size = size;
+    *mark = mark_for(pool, size);
+    in_block_account((ptrdiff_t)size, 1);
+    note_growth(size);
+}
+
+/* `size` bytes (at most PM_TRACED_MAX_REQUEST) from the traced heap, the record {tb, size}
+ * in front of them; tb NULL: untraced. NULL when pymalloc has no memory, or no marks can be
+ * had for a new pool. */
+__attribute__((always_inline)) static inline void *place_in_block(const pm_trace_tb *tb,
+                                                                  size_t size) {
     /* 0 bytes take 1: the caller's pointer must lie inside the block, where the arena map
      * finds the block's pool (after a 16-byte block it could be in the next pool). */
     size_t block_size = (size != 0 ? size : 1) + PM_TRACE_RECORD_BYTES;
-    in_block_record *r = pm_pymalloc_malloc_inline(&pm_traced_heap, block_size, PM_ROUTE_PYMALLOC);
-    if (r == NULL) return NULL;
+    pm_pool *pool = pm_traced_heap.used[pm_size_class(block_size)];
+    pm_block *block = pool->free;
+    if (__builtin_expect(block != NULL, 1)) {
+        /* A pool on the traced heap's list has served it before: it has marks. */
+        pm_pool_take(pool, block);
+    } else {
+        block = pm_pymalloc_malloc_slow(block_size, &pm_traced_heap, PM_ROUTE_PYMALLOC);
+        if (block == NULL) return NULL;
+        pool = pm_pool_of(block);
+        if (pool->marks == NULL && !give_marks(pool)) {
+            pm_pool_free_block(pool, block);
+            errno = ENOMEM;
+            return NULL;
+        }
+    }
+    in_block_record *r = (in_block_record *)(void *)block;
     r->tb = tb;
-    r->session_size = tb != NULL ? session << RECORD_SIZE_BITS | size : 0;
+    r->size = size;
+    /* The slack, at most 16 bytes: mark_for's common case, without its tests. */
+    uint8_t mark = tb != NULL ? (uint8_t)(traced_usable_size(pool) - size + 1) : 0;
+    pool->marks[block_index(pool, block)] = mark;
     if (tb != NULL) {
         in_block_account((ptrdiff_t)size, 1);
         note_growth(size);
@@ -1087,40 +1235,43 @@ static inline void *place_in_block(const pm_trace_tb *tb, size_t size, size_t se
     return r + 1;
 }
 
-/* Untraces a record: its bytes leave the count if its session is the active one. */
-static inline void in_block_untrace(in_block_record *r) {
-    size_t word = r->session_size;
-    if (word == 0) return;
-    r->session_size = 0;
-    if (record_session(word) == pm_atomic_load_size_relaxed(&active_session)) {
-        size_t size = word & RECORD_SIZE_MASK;
-        in_block_account(-(ptrdiff_t)size, -1);
-        note_shrink(size);
-    }
+/* Untraces r, a block of pool whose mark is *mark: its bytes leave the count if it counted. */
+static inline void in_block_untrace(const pm_pool *pool, uint8_t *mark, const in_block_record *r) {
+    uint8_t m = *mark;
+    if (m == 0) return;
+    *mark = 0;
+    size_t size = marked_size(pool, m, r);
+    in_block_account(-(ptrdiff_t)size, -1);
+    note_shrink(size);
 }
 
 void pm_trace_free_in_block(pm_pool *pool, void *p) {
-    in_block_record *r = (in_block_record *)p - 1;
-    in_block_untrace(r);
-    pm_pool_free_block(pool, (pm_block *)(void *)r);
+    pm_block *block = (pm_block *)(void *)((in_block_record *)p - 1);
+    uint8_t *mark = &pool->marks[block_index(pool, block)];
+    in_block_untrace(pool, mark, (const in_block_record *)(void *)block);
+    pm_pool_free_block(pool, block);
 }
 
-/* The record in front of p when p is a block the traced heap handed out, else NULL. Reads
- * only the map and the header of p's pool, which do not change while p is allocated. */
-static in_block_record *in_block_record_of(const void *p) {
+/* The record in front of p when p is a block the traced heap handed out, else NULL; *pool_out
+ * and *mark_out get its pool and mark. Reads only the map and the header of p's pool, which do
+ * not change while p is allocated. */
+static in_block_record *in_block_record_of(const void *p, pm_pool **pool_out, uint8_t **mark_out) {
     pm_pool *pool = pm_pool_of(p);
-    if (pool == NULL || pm_pool_owner(pool) != &pm_traced_heap) return NULL;
+    if (pool == NULL || pm_pool_owner(pool) != &pm_traced_heap || pool->marks == NULL) return NULL;
     size_t offset = (uintptr_t)p - pool->memory;
     if (offset % pm_class_block_size(pool->size_class) != PM_TRACE_RECORD_BYTES) return NULL;
-    return (in_block_record *)(uintptr_t)p - 1;
+    in_block_record *r = (in_block_record *)(uintptr_t)p - 1;
+    *pool_out = pool;
+    *mark_out = &pool->marks[block_index(pool, r)];
+    return r;
 }
 
 /* The traceback of p's record if it is traced in the active session. */
 static const pm_trace_tb *in_block_traceback(const void *p) {
-    const in_block_record *r = in_block_record_of(p);
-    if (r == NULL || r->session_size == 0) return NULL;
-    size_t session = pm_atomic_load_size_relaxed(&active_session);
-    return record_session(r->session_size) == session ? r->tb : NULL;
+    pm_pool *pool;
+    uint8_t *mark;
+    const in_block_record *r = in_block_record_of(p, &pool, &mark);
+    return r != NULL && *mark != 0 ? r->tb : NULL;
 }
 
 /* Records in blocks change only under the GIL; start holds it, and stop, clear, snapshots
@@ -1166,7 +1317,7 @@ __attribute__((always_inline)) static inline void *alloc_in_block(const hook_ctx
         }
     }
     pm_trace_gate.depth--;
-    void *p = place_in_block(tb, total, session);
+    void *p = place_in_block(tb, total);
     if (op == OP_CALLOC && p != NULL) memset(p, 0, total);
     return p;
 }
@@ -1265,29 +1416,28 @@ static void *hook_calloc(void *ctx, size_t nelem, size_t elsize) {
  * depth calibrate() measured. */
 static void *realloc_pool_block(const hook_ctx *h, void *ptr, pm_pool *pool, size_t new_size,
                                 const pm_trace_tb *tb, size_t session) {
-    in_block_record *old =
-        pm_pool_owner(pool) == &pm_traced_heap ? (in_block_record *)ptr - 1 : NULL;
+    in_block_record *old = NULL;
+    uint8_t *mark = NULL;
+    if (pm_pool_owner(pool) == &pm_traced_heap) {
+        old = (in_block_record *)ptr - 1;
+        mark = &pool->marks[block_index(pool, old)];
+    }
     size_t usable = pm_pool_usable_size(pool);
     if (old != NULL && new_size <= usable && new_size + PM_TRACE_RECORD_BYTES > usable) {
-        in_block_untrace(old); /* same class: a new record in place */
-        if (tb != NULL) {
-            old->tb = tb;
-            old->session_size = session << RECORD_SIZE_BITS | new_size;
-            in_block_account((ptrdiff_t)new_size, 1);
-            note_growth(new_size);
-        }
+        in_block_untrace(pool, mark, old); /* same class: a new record in place */
+        if (tb != NULL) in_block_trace(pool, mark, old, tb, new_size);
         return ptr;
     }
     /* The old trace goes first, as in traced_realloc: current and the peak never count
      * the old block and the new one together (found by fuzz/fuzz_trace.c). */
-    in_block_record saved = {NULL, 0};
+    uint8_t saved_mark = 0;
     if (old != NULL) {
-        saved = *old;
-        in_block_untrace(old);
+        saved_mark = *mark;
+        in_block_untrace(pool, mark, old);
     }
     void *q;
     if (new_size <= PM_TRACED_MAX_REQUEST) {
-        q = place_in_block(tb, new_size, session);
+        q = place_in_block(tb, new_size);
     } else {
         q = h->sampled->malloc(h->sampled->ctx, new_size);
         if (q != NULL && tb != NULL &&
@@ -1298,13 +1448,10 @@ static void *realloc_pool_block(const hook_ctx *h, void *ptr, pm_pool *pool, siz
         }
     }
     if (q == NULL) {
-        /* ptr is untouched: its record comes back, counted again if it counted before. */
-        if (old != NULL) {
-            *old = saved;
-            if (saved.session_size != 0 && record_session(saved.session_size) ==
-                                               pm_atomic_load_size_relaxed(&active_session)) {
-                in_block_account((ptrdiff_t)(saved.session_size & RECORD_SIZE_MASK), 1);
-            }
+        /* ptr is untouched, record and all: it counts again if it counted before. */
+        if (saved_mark != 0) {
+            *mark = saved_mark;
+            in_block_account((ptrdiff_t)marked_size(pool, saved_mark, old), 1);
         }
         return NULL;
     }
@@ -1574,6 +1721,7 @@ pm_trace_frame pm_trace_symbolize(pm_trace_frame frame) {
  * in blocks are left where they are: their session has ended, so they no longer count
  * (the caller holds the GIL, or is a fork's child, alone). */
 static void reset_tables(bool release_memory) PM_REQUIRES(control) {
+    if (pm_atomic_load_size_relaxed(&in_block_count) != 0) pm_arena_for_each(zero_marks_of, NULL);
     pm_atomic_store_size_relaxed(&in_block_current, 0);
     pm_atomic_store_size_relaxed(&in_block_count, 0);
     for (size_t i = 0; i < TRACE_SHARDS; i++) {
@@ -1688,6 +1836,7 @@ int pm_trace_test_native_skip(pm_domain domain, int op) {
 /* ---- start and stop -------------------------------------------------------------------- */
 
 static void init_once(void) {
+    init_block_index_multipliers();
     (void)pthread_key_create(&thread_exit_key, release_thread_buffers);
     (void)pthread_atfork(fork_prepare, fork_parent, fork_child);
     pm_atomic_store_ptr_release(&pm_debug_traceback_printer,
@@ -1872,7 +2021,6 @@ void pm_trace_clear_traces(void) {
 typedef struct in_block_walk {
     pm_trace_visit_fn visit;
     void *ctx;
-    size_t session;
     int result;
 } in_block_walk;
 
@@ -1880,7 +2028,10 @@ static void visit_arena_records(const pm_arena *arena, void *arg) {
     in_block_walk *walk = arg;
     for (uint32_t i = 0; i < arena->carved_pools && walk->result == 0; i++) {
         const pm_pool *pool = &arena->pools[i];
-        if (pm_pool_owner(pool) != &pm_traced_heap || pool->size_class == PM_NO_CLASS) continue;
+        if (pm_pool_owner(pool) != &pm_traced_heap || pool->size_class == PM_NO_CLASS ||
+            pool->marks == NULL) {
+            continue;
+        }
         size_t size = pm_class_block_size(pool->size_class);
         uint64_t free_blocks[PM_POOL_SIZE / PM_ALIGNMENT / 64] = {0};
         for (const pm_block *b = pool->free; b != NULL; b = b->next) {
@@ -1890,9 +2041,10 @@ static void visit_arena_records(const pm_arena *arena, void *arg) {
         for (size_t index = 0; (index + 1) * size <= pool->carve_offset && walk->result == 0;
              index++) {
             if (free_blocks[index / 64] >> (index % 64) & 1) continue;
-            const in_block_record *r = (const in_block_record *)(pool->memory + index * size);
-            if (r->session_size != 0 && record_session(r->session_size) == walk->session) {
-                walk->result = walk->visit(walk->ctx, r->tb, r->session_size & RECORD_SIZE_MASK);
+            uint8_t mark = pool->marks[index];
+            if (mark != 0) {
+                const in_block_record *r = (const in_block_record *)(pool->memory + index * size);
+                walk->result = walk->visit(walk->ctx, r->tb, marked_size(pool, mark, r));
             }
         }
     }
@@ -1910,7 +2062,7 @@ int pm_trace_visit(pm_trace_visit_fn visit, void *ctx) {
     }
     int result = 0;
     if (session & IN_BLOCK_SESSION) {
-        in_block_walk walk = {visit, ctx, session, 0};
+        in_block_walk walk = {visit, ctx, 0};
         pm_arena_for_each(visit_arena_records, &walk);
         result = walk.result;
     }
@@ -1951,18 +2103,12 @@ int pm_trace_get_traceback(unsigned int domain, const void *ptr, pm_trace_frame 
 
 /* ---- PyTraceMalloc_Track / Untrack ------------------------------------------------------- */
 
-/* A block traced in its record is tracked again: the record takes the new trace. A size
- * that does not fit a record's field (more than the block could ever hold) is refused. The
- * GIL is held. */
-static int retrack_in_block(in_block_record *r, const pm_trace_tb *tb, size_t size,
-                            size_t session) {
-    if (size > RECORD_SIZE_MASK) return -1;
-    in_block_untrace(r);
-    r->tb = tb;
-    r->session_size = session << RECORD_SIZE_BITS | size;
-    in_block_account((ptrdiff_t)size, 1);
-    note_growth(size);
-    return 0;
+/* A block traced in its record is tracked again: the record takes the new trace. The GIL
+ * is held. */
+static void retrack_in_block(pm_pool *pool, uint8_t *mark, in_block_record *r,
+                             const pm_trace_tb *tb, size_t size) {
+    in_block_untrace(pool, mark, r);
+    in_block_trace(pool, mark, r, tb, size);
 }
 
 int pm_trace_track(unsigned int domain, uintptr_t ptr, size_t size) {
@@ -1974,14 +2120,18 @@ int pm_trace_track(unsigned int domain, uintptr_t ptr, size_t size) {
     const pm_trace_tb *tb = capture(domain, 2, session);
     int result = -1;
     if (tb != NULL) {
-        in_block_record *r = in_block_record_of((const void *)ptr);
+        pm_pool *pool;
+        uint8_t *mark;
+        in_block_record *r = in_block_record_of((const void *)ptr, &pool, &mark);
         bool gil_taken = r != NULL && hold_gil_for_records();
-        const pm_trace_tb *old = r != NULL ? in_block_traceback((const void *)ptr) : NULL;
+        const pm_trace_tb *old = r != NULL && *mark != 0 ? r->tb : NULL;
         /* Traces are keyed by (domain, ptr): another domain's trace goes to the table. */
         if (old != NULL && old->domain == domain) {
             /* Still the session the traceback was interned for (clear takes the GIL). */
-            result = pm_atomic_load_size_relaxed(&active_session) != session ? 0
-                     : retrack_in_block(r, tb, size, session);
+            if (pm_atomic_load_size_relaxed(&active_session) == session) {
+                retrack_in_block(pool, mark, r, tb, size);
+            }
+            result = 0;
         } else {
             result = trace_insert(ptr, ptr_hash(ptr), size, tb, session);
         }
@@ -1993,11 +2143,12 @@ int pm_trace_track(unsigned int domain, uintptr_t ptr, size_t size) {
 
 int pm_trace_untrack(unsigned int domain, uintptr_t ptr) {
     if (!pm_trace_is_tracing()) return -2;
-    in_block_record *r = in_block_record_of((const void *)ptr);
+    pm_pool *pool;
+    uint8_t *mark;
+    in_block_record *r = in_block_record_of((const void *)ptr, &pool, &mark);
     if (r != NULL) {
         bool gil_taken = hold_gil_for_records();
-        const pm_trace_tb *tb = in_block_traceback((const void *)ptr);
-        if (tb != NULL && tb->domain == domain) in_block_untrace(r);
+        if (*mark != 0 && r->tb->domain == domain) in_block_untrace(pool, mark, r);
         release_gil_for_records(gil_taken);
     }
     (void)trace_remove(domain, ptr, ptr_hash(ptr), NULL);

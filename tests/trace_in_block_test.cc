@@ -234,8 +234,9 @@ TEST_F(TraceInBlockTest, TrackReplacesTheRecordsTraceAndUntrackRemovesIt) {
     }
     EXPECT_EQ(15u, Current());
     EXPECT_EQ(2, TracedLine(PM_DOMAIN_OBJ, p));
-    EXPECT_EQ(-1, pm_trace_track(PM_DOMAIN_OBJ, (uintptr_t)p, 5000));  // no record holds it
-    EXPECT_EQ(15u, Current());
+    // More than the block holds: its mark cannot say the size, the record does.
+    EXPECT_EQ(0, pm_trace_track(PM_DOMAIN_OBJ, (uintptr_t)p, 5000));
+    EXPECT_EQ(5005u, Current());
     EXPECT_EQ(0, pm_trace_untrack(PM_DOMAIN_OBJ, (uintptr_t)p));
     EXPECT_EQ(5u, Current());
     EXPECT_EQ(-1, TracedLine(PM_DOMAIN_OBJ, p));
@@ -243,6 +244,61 @@ TEST_F(TraceInBlockTest, TrackReplacesTheRecordsTraceAndUntrackRemovesIt) {
     EXPECT_EQ(5u, Current());
     EXPECT_EQ(0, pm_trace_untrack(77, (uintptr_t)p));
     EXPECT_EQ(0u, Current());
+}
+
+// The size of a traced heap's block is said by its mark (the block's slack) when it can
+// be, else by its record: every size tracked on a block leaves the count exactly at free,
+// and a snapshot sees the same sizes.
+TEST_F(TraceInBlockTest, TrackedSizesLeaveTheCountExactlyWhateverTheirSlack) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start(1));
+    Frame frame("slack.py", 1);
+    void *other = pm_obj_malloc(7);  // keeps the class's pool in the heap
+    ASSERT_TRUE(FromTracedHeap(other));
+    // A 400-byte request has 400 usable bytes: slack 253 is the last a mark can say.
+    const size_t sizes[] = {400, 399, 147, 146, 1, 0, 496, 5000, (size_t)1 << 40};
+    for (size_t size : sizes) {
+        void *p = pm_obj_malloc(400);
+        ASSERT_TRUE(FromTracedHeap(p));
+        ASSERT_EQ(0, pm_trace_track(PM_DOMAIN_OBJ, (uintptr_t)p, size)) << size;
+        EXPECT_EQ(7 + size, Current()) << size;
+        pm_trace_snapshot *snapshot = pm_trace_take_snapshot();
+        ASSERT_NE(nullptr, snapshot);
+        EXPECT_EQ(7 + size, pm_trace_snapshot_size(snapshot)) << size;
+        pm_trace_snapshot_free(snapshot);
+        pm_obj_free(p);
+        EXPECT_EQ(7u, Current()) << size;
+    }
+    pm_obj_free(other);
+    EXPECT_EQ(0u, Current());
+    ExpectHeapConsistent();
+}
+
+// pm_heap_check knows the marks: a free block marked as traced (which free would count
+// again when the block is next handed out and freed) is reported.
+TEST_F(TraceInBlockTest, TheHeapCheckReportsAFreeBlockMarkedAsTraced) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start(1));
+    Frame frame("marks.py", 1);
+    void *kept = pm_obj_malloc(48);
+    void *freed = pm_obj_malloc(48);
+    ASSERT_TRUE(FromTracedHeap(kept));
+    pm_obj_free(freed);
+    pm_pool *pool = pm_pool_of(kept);
+    ASSERT_EQ(pool, pm_pool_of(freed));
+    ASSERT_NE(nullptr, pool->marks);
+    size_t index = ((uintptr_t)freed - PM_TRACE_RECORD_BYTES - pool->memory) /
+                   pm_class_block_size(pool->size_class);
+    ASSERT_EQ(0, pool->marks[index]);
+    pool->marks[index] = 1;
+    const char *problem = pm_heap_check();
+    ASSERT_NE(nullptr, problem);
+    EXPECT_NE(nullptr, strstr(problem, "is marked as traced")) << problem;
+    pool->marks[index] = 0;
+    ExpectHeapConsistent();
+    pm_obj_free(kept);
+    pm_trace_stop();
+    ExpectHeapConsistent();  // the pool went back to its arena, and its marks with it
 }
 
 TEST_F(TraceInBlockTest, ATraceThatCannotBeStoredFailsTheCallAndKeepsNoBlock) {

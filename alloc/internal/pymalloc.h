@@ -118,6 +118,10 @@ typedef struct pm_pool {
     struct pm_pool *prev;    /* used list only */
     struct pm_arena *arena;  /* the arena the pool was carved from */
     uintptr_t memory;        /* the pool's PM_POOL_SIZE bytes of blocks */
+    /* The tracer's marks while the pool serves the traced heap (alloc/trace.c, "Marks"):
+     * a byte a block. Given once, on the pool's first traced block, and kept with the
+     * header, across classes and reuse of the header by another arena; NULL until then. */
+    uint8_t *marks;
 } __attribute__((aligned(64))) pm_pool;
 
 /* log2(sizeof(pm_pool)): one cache line per header, which also keeps two threads' pools

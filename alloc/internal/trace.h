@@ -81,9 +81,12 @@ bool pm_trace_records_in_blocks(const pm_allocator *record);
 /* A mem or object malloc on pm_traced_route_heap: traced, from the traced heap when small. */
 void *pm_trace_route_malloc(size_t nbytes, int route);
 
-/* Frees p, a block of the traced heap's `pool`: its record leaves the traced bytes (if it
- * belongs to the active session), then the block goes back to its pool. GIL held. */
+/* Frees p, a block of the traced heap's `pool`: its bytes leave the traced bytes (if its
+ * mark says they count), then the block goes back to its pool. GIL held. */
 void pm_trace_free_in_block(pm_pool *pool, void *p);
+/* A traced heap's pool, now empty, goes back to its arena: its marks (zero) are kept for
+ * the next pool. The GIL is held. */
+void pm_trace_pool_leaves_traced_heap(pm_pool *pool);
 
 /* ---- test hooks ---------------------------------------------------------------------- */
 
