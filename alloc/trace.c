@@ -892,16 +892,21 @@ __attribute__((noinline)) static const pm_trace_tb *capture_native(unsigned doma
     return tb_intern(domain, tls.frames, n, session);
 }
 
-/* The caller's traceback, or NULL (no memory, or tracing stopped meanwhile). Always
- * inlined: capture_native is then called from record's caller or pm_trace_track itself,
- * a fixed depth. */
-__attribute__((always_inline)) static inline const pm_trace_tb *capture(unsigned domain, int skip,
+/* capture's `op` for pm_trace_track: capture's frame and the function's own are skipped. */
+#define OP_TRACK (-1)
+
+/* The caller's traceback for a call of `op` in `domain`, or NULL (no memory, or tracing
+ * stopped meanwhile). Always inlined: capture_native is then called from record's caller
+ * or pm_trace_track itself, a fixed depth. The frames to skip are read only for native
+ * tracebacks (an atomic load the compiler would not move past the provider's). */
+__attribute__((always_inline)) static inline const pm_trace_tb *capture(unsigned domain, int op,
                                                                        size_t session) {
     size_t nframes = (size_t)pm_atomic_load_int_relaxed(&max_frames);
     if (nframes == 0) return NULL; /* stopped meanwhile; the insert would be refused anyway */
     const provider_record *provider = pm_atomic_load_ptr_acquire(&frame_provider);
     if (provider != NULL) return capture_provided(provider, domain, nframes, session);
-    return capture_native(domain, skip, nframes, session);
+    int skip = op == OP_TRACK ? 2 : pm_atomic_load_int_relaxed(&native_skip[domain][op]);
+    return capture_native(domain, skip < 0 ? 0 : skip, nframes, session);
 }
 
 /* The probe's own stack and what calibrate_here found; only start() calibrates, holding
@@ -941,8 +946,7 @@ __attribute__((always_inline)) static inline int record(unsigned domain, int op,
         calibrate_here();
         return 0;
     }
-    int skip = pm_atomic_load_int_relaxed(&native_skip[domain][op]);
-    const pm_trace_tb *tb = capture(domain, skip < 0 ? 0 : skip, session);
+    const pm_trace_tb *tb = capture(domain, op, session);
     if (tb == NULL) return pm_atomic_load_size_relaxed(&active_session) == session ? -1 : 0;
     return trace_insert(ptr, h, size_field, tb, session);
 }
@@ -1308,8 +1312,7 @@ __attribute__((always_inline)) static inline void *alloc_in_block(const hook_ctx
     if (__builtin_expect(tls.calibrating, 0)) {
         calibrate_here();
     } else {
-        int skip = pm_atomic_load_int_relaxed(&native_skip[h->domain][op]);
-        tb = capture(h->domain, skip < 0 ? 0 : skip, session);
+        tb = capture(h->domain, op, session);
         if (__builtin_expect(tb == NULL, 0)) {
             pm_trace_gate.depth--;
             errno = ENOMEM;
@@ -1470,8 +1473,7 @@ __attribute__((noinline)) static void *traced_realloc(const hook_ctx *h, void *p
         if (__builtin_expect(tls.calibrating, 0)) {
             calibrate_here();
         } else {
-            int skip = pm_atomic_load_int_relaxed(&native_skip[h->domain][OP_REALLOC]);
-            tb = capture(h->domain, skip < 0 ? 0 : skip, session);
+            tb = capture(h->domain, OP_REALLOC, session);
         }
         void *q = NULL;
         if (tb == NULL && !tls.calibrating) {
@@ -2117,7 +2119,7 @@ int pm_trace_track(unsigned int domain, uintptr_t ptr, size_t size) {
     if (ptr == 0 || size > (size_t)PTRDIFF_MAX) return -1;
     pm_trace_gate.depth++; /* a frame provider allocating here is not traced */
     /* Native frames: capture's own and this function's. */
-    const pm_trace_tb *tb = capture(domain, 2, session);
+    const pm_trace_tb *tb = capture(domain, OP_TRACK, session);
     int result = -1;
     if (tb != NULL) {
         pm_pool *pool;
