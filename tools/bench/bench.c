@@ -62,7 +62,10 @@
  *   mt_churn       --threads workers, each churning a private set of --slots live blocks
  *                  (10,000 by default) as churn does, --iters steps each. ns per step per
  *                  thread (wall time of the whole run / steps of one thread) and total
- *                  throughput; compare.py divides 2-thread by 1-thread throughput.
+ *                  throughput; compare.py divides 2-thread by 1-thread throughput. Where the
+ *                  wall time goes beyond CPU time, the result says: context switches in
+ *                  the timed loops, each thread's own loop time, and how late the last loop
+ *                  started after the main thread's go (on this VM, 1-5 ms at times).
  *   prodcons       one producer allocates --blocks blocks and passes each through a ring of
  *                  RING_SLOTS pointers to one consumer, which reads and frees it: every block
  *                  is freed by the thread that did not allocate it. ns per block.
@@ -630,6 +633,8 @@ typedef struct worker {
     uint32_t *step_slots;
     /* outputs */
     uint64_t cpu_ns;  /* thread CPU time in the timed phase */
+    long switches_voluntary, switches_involuntary; /* mt_churn: context switches, timed phase */
+    uint64_t loop_start_ns, loop_end_ns; /* mt_churn: CLOCK_MONOTONIC around the timed loop */
     uint64_t checksum; /* prodcons: bytes read by the consumer, so the reads are not dead */
 } worker;
 
@@ -665,6 +670,17 @@ static uint64_t wall_end(void) {
 
 static void phase(pthread_barrier_t *barrier) {
     pthread_barrier_wait(barrier);
+}
+
+/* This thread's context switches so far: voluntary (it blocked) and involuntary. */
+static void thread_switches(long *voluntary, long *involuntary) {
+    struct rusage usage;
+    if (getrusage(RUSAGE_THREAD, &usage) != 0) {
+        *voluntary = *involuntary = 0;
+        return;
+    }
+    *voluntary = usage.ru_nvcsw;
+    *involuntary = usage.ru_nivcsw;
 }
 
 static uint64_t thread_cpu_ns(void) {
@@ -740,7 +756,10 @@ static void *mt_churn_worker(void *arg) {
     sync_pause(sync);
     phase(w->barrier); /* filled */
     phase(w->barrier); /* go */
+    long voluntary_start, involuntary_start;
+    thread_switches(&voluntary_start, &involuntary_start);
     uint64_t cpu_start = thread_cpu_ns();
+    w->loop_start_ns = clock_ns(CLOCK_MONOTONIC);
     worker_count_begin();
     sync_resume(sync);
     for (uint64_t s = 0; s < n; s++) {
@@ -758,7 +777,11 @@ static void *mt_churn_worker(void *arg) {
     }
     sync_pause(sync);
     worker_count_end();
+    w->loop_end_ns = clock_ns(CLOCK_MONOTONIC);
     w->cpu_ns = thread_cpu_ns() - cpu_start;
+    thread_switches(&w->switches_voluntary, &w->switches_involuntary);
+    w->switches_voluntary -= voluntary_start;
+    w->switches_involuntary -= involuntary_start;
     phase(w->barrier); /* done */
     sync_resume(sync);
     free_blocks(r, slot, r->slots);
@@ -787,7 +810,18 @@ __attribute__((noinline)) static void kernel_mt_churn(const run *r) {
     pthread_barrier_destroy(&barrier);
 
     uint64_t cpu = 0;
-    for (unsigned i = 0; i < count; i++) cpu += w[i].cpu_ns;
+    long voluntary = 0, involuntary = 0;
+    uint64_t longest_loop = 0, shortest_loop = UINT64_MAX, latest_start = 0;
+    for (unsigned i = 0; i < count; i++) {
+        cpu += w[i].cpu_ns;
+        voluntary += w[i].switches_voluntary;
+        involuntary += w[i].switches_involuntary;
+        uint64_t loop = w[i].loop_end_ns - w[i].loop_start_ns;
+        if (loop > longest_loop) longest_loop = loop;
+        if (loop < shortest_loop) shortest_loop = loop;
+        uint64_t start = w[i].loop_start_ns - wall_start_ns;
+        if (start > latest_start) latest_start = start;
+    }
     uint64_t total_ops = r->iters * count;
     result_integer("threads", count);
     result_integer("ops", (int64_t)total_ops);
@@ -796,6 +830,13 @@ __attribute__((noinline)) static void kernel_mt_churn(const run *r) {
     result_number("ns_per_op", (double)wall / (double)r->iters);
     result_number("cpu_ns_per_op", (double)cpu / (double)total_ops);
     result_number("mops_per_s", (double)total_ops * 1e3 / (double)wall);
+    /* Where wall time exceeds CPU time: blocking (voluntary) or preemption (involuntary). */
+    result_integer("switches_voluntary", voluntary);
+    result_integer("switches_involuntary", involuntary);
+    /* ... or an unequal split: each thread's own loop, and how late the last one started. */
+    result_number("thread_longest_ns_per_op", (double)longest_loop / (double)r->iters);
+    result_number("thread_shortest_ns_per_op", (double)shortest_loop / (double)r->iters);
+    result_integer("latest_start_us", (int64_t)(latest_start / 1000));
 }
 
 /* Phases: ready, go, done. Worker 0 produces, worker 1 consumes. */
