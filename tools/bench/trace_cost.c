@@ -16,6 +16,11 @@
  *   native     pm_trace_start(1) without a provider: one native frame via backtrace(3)
  *   sampling   pm_trace_start_sampling(1, default rate) with the same provider
  *
+ * --decref models object churn in a runtime: each step reads the first byte of the block it
+ * is about to free, as a decref reads the object's count before the object is freed, so the
+ * block's first cache line is in cache when free runs (without it, free of a block untouched
+ * since its malloc finds it cold, which a runtime's free rarely does).
+ *
  * For each mode: ns per step (median over rounds) and the median over rounds of the ratio
  * to that round's untraced run; for the traced modes, the tracer's memory (tables,
  * tracebacks, buffers: pm_trace_get_memory) per traced block at the end of the run. All
@@ -97,6 +102,9 @@ static int start_mode(mode m) PM_GIL_REQUIRED {
     }
 }
 
+static bool decref; /* --decref: read a block before freeing it */
+static volatile unsigned decref_sink;
+
 static measurement run_mode(mode m, const inputs *in, char **blocks) PM_GIL_REQUIRED {
     measurement out = {0, 0};
     if (pm_trace_set_frame_provider(m == NATIVE ? NULL : provide_frame, NULL) != 0 ||
@@ -111,8 +119,10 @@ static measurement run_mode(mode m, const inputs *in, char **blocks) PM_GIL_REQU
         blocks[i][0] = 1;
     }
     double begin = now_ns();
+    unsigned counts = 0;
     for (size_t i = 0; i < in->steps; i++) {
         uint32_t slot = in->slot[i];
+        if (decref) counts += (unsigned char)blocks[slot][0];
         pm_obj_free(blocks[slot]);
         current_line = in->site[i];
         char *p = pm_obj_malloc(in->size[i]);
@@ -121,6 +131,7 @@ static measurement run_mode(mode m, const inputs *in, char **blocks) PM_GIL_REQU
         blocks[slot] = p;
     }
     out.ns_per_step = (now_ns() - begin) / (double)in->steps;
+    decref_sink = counts;
     if (m != UNTRACED && m != HOOKED) {
         pm_trace_snapshot *snapshot = pm_trace_take_snapshot();
         size_t traced = snapshot ? pm_trace_snapshot_count(snapshot) : 0;
@@ -153,11 +164,14 @@ int main(int argc, char **argv) {
             steps = strtoull(argv[i] + 8, NULL, 10);
         } else if (strncmp(argv[i], "--rounds=", 9) == 0) {
             rounds = strtoull(argv[i] + 9, NULL, 10);
+        } else if (strcmp(argv[i], "--decref") == 0) {
+            decref = true;
         } else if (strncmp(argv[i], "--modes=", 8) == 0) {
             /* untraced always runs: the ratios need it */
             for (int m = 1; m < MODES; m++) enabled[m] = strstr(argv[i] + 8, mode_names[m]) != NULL;
         } else {
-            fprintf(stderr, "usage: trace_cost [--steps=N] [--rounds=R] [--modes=hooked,full,native,sampling]\n");
+            fprintf(stderr, "usage: trace_cost [--steps=N] [--rounds=R] [--modes=hooked,full,native,sampling] "
+                            "[--decref]\n");
             return 2;
         }
     }
@@ -194,11 +208,12 @@ int main(int argc, char **argv) {
     }
     pm_gil_release();
 
-    printf("churn, 100,000 live blocks of 1..512 B, object domain, %zu steps x %zu rounds\n", steps,
-           rounds);
+    printf("churn, 100,000 live blocks of 1..512 B, object domain, %zu steps x %zu rounds%s\n",
+           steps, rounds, decref ? ", each block read before its free" : "");
     printf("%-10s %12s %14s %22s\n", "mode", "ns/step", "x untraced", "tracer bytes/block");
     char json[1024];
-    size_t used = (size_t)snprintf(json, sizeof json, "{\"steps\":%zu,\"rounds\":%zu", steps, rounds);
+    size_t used = (size_t)snprintf(json, sizeof json, "{\"steps\":%zu,\"rounds\":%zu,\"decref\":%s",
+                                   steps, rounds, decref ? "true" : "false");
     for (int m = 0; m < MODES; m++) {
         double ns_median = median(ns[m], rounds);
         double ratio_median = median(ratio[m], rounds);
