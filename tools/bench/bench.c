@@ -64,8 +64,10 @@
  *                  thread (wall time of the whole run / steps of one thread) and total
  *                  throughput; compare.py divides 2-thread by 1-thread throughput. Where the
  *                  wall time goes beyond CPU time, the result says: context switches in
- *                  the timed loops, each thread's own loop time, and how late the last loop
- *                  started after the main thread's go (on this VM, 1-5 ms at times).
+ *                  the timed loops, each thread's own loop time, how late the last loop
+ *                  started after the main thread's go (on this VM, 1-5 ms at times), and on
+ *                  how many CPUs the loops started (two workers on one CPU at the go wait
+ *                  for the scheduler to move one: that is most of such a lag).
  *   prodcons       one producer allocates --blocks blocks and passes each through a ring of
  *                  RING_SLOTS pointers to one consumer, which reads and frees it: every block
  *                  is freed by the thread that did not allocate it. ns per block.
@@ -635,6 +637,7 @@ typedef struct worker {
     uint64_t cpu_ns;  /* thread CPU time in the timed phase */
     long switches_voluntary, switches_involuntary; /* mt_churn: context switches, timed phase */
     uint64_t loop_start_ns, loop_end_ns; /* mt_churn: CLOCK_MONOTONIC around the timed loop */
+    int cpu_at_start;                     /* mt_churn: the CPU the timed loop started on */
     uint64_t checksum; /* prodcons: bytes read by the consumer, so the reads are not dead */
 } worker;
 
@@ -760,6 +763,7 @@ static void *mt_churn_worker(void *arg) {
     thread_switches(&voluntary_start, &involuntary_start);
     uint64_t cpu_start = thread_cpu_ns();
     w->loop_start_ns = clock_ns(CLOCK_MONOTONIC);
+    w->cpu_at_start = sched_getcpu();
     worker_count_begin();
     sync_resume(sync);
     for (uint64_t s = 0; s < n; s++) {
@@ -812,6 +816,7 @@ __attribute__((noinline)) static void kernel_mt_churn(const run *r) {
     uint64_t cpu = 0;
     long voluntary = 0, involuntary = 0;
     uint64_t longest_loop = 0, shortest_loop = UINT64_MAX, latest_start = 0;
+    uint64_t cpus_at_start = 0; /* a bit per CPU (the first 64) */
     for (unsigned i = 0; i < count; i++) {
         cpu += w[i].cpu_ns;
         voluntary += w[i].switches_voluntary;
@@ -821,6 +826,9 @@ __attribute__((noinline)) static void kernel_mt_churn(const run *r) {
         if (loop < shortest_loop) shortest_loop = loop;
         uint64_t start = w[i].loop_start_ns - wall_start_ns;
         if (start > latest_start) latest_start = start;
+        if (w[i].cpu_at_start >= 0 && w[i].cpu_at_start < 64) {
+            cpus_at_start |= (uint64_t)1 << w[i].cpu_at_start;
+        }
     }
     uint64_t total_ops = r->iters * count;
     result_integer("threads", count);
@@ -837,6 +845,8 @@ __attribute__((noinline)) static void kernel_mt_churn(const run *r) {
     result_number("thread_longest_ns_per_op", (double)longest_loop / (double)r->iters);
     result_number("thread_shortest_ns_per_op", (double)shortest_loop / (double)r->iters);
     result_integer("latest_start_us", (int64_t)(latest_start / 1000));
+    /* Fewer than min(threads, cores): the scheduler had put workers on one CPU at the go. */
+    result_integer("cpus_at_start", __builtin_popcountll(cpus_at_start));
 }
 
 /* Phases: ready, go, done. Worker 0 produces, worker 1 consumes. */
