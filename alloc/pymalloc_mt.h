@@ -388,7 +388,9 @@ PM_API void pm_trace_reset_peak(void);
  * untraced. */
 PM_API void pm_trace_clear_traces(void);
 /* Bytes the tracer itself holds for its tables and tracebacks (tracemalloc's
- * get_tracemalloc_memory()). */
+ * get_tracemalloc_memory()), the records kept in blocks, and the marks of the pools that
+ * served such blocks: a byte a block, kept from one session to the next (at most about 3%
+ * of the pools' memory). */
 PM_API size_t pm_trace_get_memory(void);
 /* Traces that could not be stored (no memory for the tables) after a realloc had already
  * succeeded: those blocks are valid and untraced. */
