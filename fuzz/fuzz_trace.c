@@ -29,7 +29,11 @@
  *                       snapshot, the diff against it; arg & 4: keep it as the previous
  *   11    slot arg      pm_trace_track (domain bits: 3, 1000, UINT_MAX, or an allocator
  *                       domain at an odd address): size TRACK_SIZES[arg & 3]; arg & 4: ptr
- *                       0, arg & 8: size > PTRDIFF_MAX (both refused with -1)
+ *                       0, arg & 8: size > PTRDIFF_MAX (both refused with -1); arg & 16:
+ *                       the slot's own block in its own domain instead, in a full session
+ *                       and when the session made it: its trace and size are replaced (a
+ *                       size its block's mark cannot say is kept in its record), and its
+ *                       free removes them
  *   12    slot          pm_trace_untrack, same addressing
  *   13    -             variant 0: install the provider; 1: remove it (native frames)
  *   14    -             heap check and every block's contents; variant 3: free every slot
@@ -120,6 +124,8 @@ typedef struct slot {
     unsigned char fill;
     bool traced;
     frames tb; /* when traced */
+    bool retracked;      /* tracked again by hand (K_TRACK, arg & 16): counts tracked_size */
+    size_t tracked_size;
 } slot;
 
 typedef struct tracked {
@@ -290,7 +296,9 @@ static size_t collect_entries(entry *out) {
     size_t n = 0;
     for (size_t i = 0; i < SLOTS; i++) {
         const slot *s = &st.slots[i];
-        if (s->ptr != NULL && s->traced) out[n++] = (entry){s->tb, accounted(s->size)};
+        if (s->ptr != NULL && s->traced) {
+            out[n++] = (entry){s->tb, s->retracked ? s->tracked_size : accounted(s->size)};
+        }
     }
     for (size_t i = 0; i < st.ntracked; i++) out[n++] = (entry){st.tracked[i].tb, st.tracked[i].size};
     return n;
@@ -309,7 +317,7 @@ static void note_peak(size_t extra) {
 }
 
 static void forget_traces(void) {
-    for (size_t i = 0; i < SLOTS; i++) st.slots[i].traced = false;
+    for (size_t i = 0; i < SLOTS; i++) st.slots[i].traced = st.slots[i].retracked = false;
     st.ntracked = 0;
     st.true_peak = 0;
 }
@@ -426,7 +434,7 @@ static void release(size_t index) PM_GIL_REQUIRED {
     unsigned char *p = s->ptr;
     domain_free(s->domain, p);
     s->ptr = NULL;
-    s->traced = false;
+    s->traced = s->retracked = false;
     if (read_trace(s->domain, p, NULL) != -1) fail("freed block %p (domain %d) still traced", (void *)p, (int)s->domain);
 }
 
@@ -436,6 +444,7 @@ static void place(size_t index, pm_domain d, unsigned char *p, size_t size, size
     s->ptr = p;
     s->size = size;
     s->domain = d;
+    s->retracked = false;
     s->traced = note_new_block(d, p, requested, &s->tb);
     s->fill = fill_for(index);
     memset(p, s->fill, size);
@@ -482,6 +491,7 @@ static void op_realloc(size_t index, pm_domain d, size_t size) PM_GIL_REQUIRED {
         fail("block %p moved to %p by realloc, the old address is still traced", (void *)old, (void *)q);
     }
     s->size = size;
+    s->retracked = false;
     s->traced = note_new_block(s->domain, q, size, &s->tb);
     s->fill = fill_for(index);
     memset(q, s->fill, size);
@@ -530,7 +540,28 @@ static ptrdiff_t find_tracked(unsigned domain, uintptr_t ptr) {
     return -1;
 }
 
+/* K_TRACK with arg & 16. Only for a block the full session made: one from before it may be
+ * freed without the tracer (pymalloc's fast path), which would leave the trace behind. */
+static void op_retrack(size_t index, uint8_t arg) {
+    slot *s = &st.slots[index];
+    if (st.mode != MODE_FULL || s->ptr == NULL || !s->traced) return;
+    size_t size = TRACK_SIZES[arg & 3];
+    st.provider_calls = 0;
+    int result = pm_trace_track(s->domain, (uintptr_t)s->ptr, size);
+    if (result != 0) {
+        fail("track of the slot's own block %p (domain %d) as %zu bytes returned %d", (void *)s->ptr,
+             (int)s->domain, size, result);
+    }
+    s->retracked = true;
+    s->tracked_size = size;
+    s->tb = check_new_trace(s->domain, s->ptr);
+}
+
 static void op_track(uint8_t code, size_t index, uint8_t arg) {
+    if (arg & 16) {
+        op_retrack(index, arg);
+        return;
+    }
     unsigned domain;
     uintptr_t ptr;
     track_target(code, index, &domain, &ptr);
