@@ -406,7 +406,11 @@ PM_API int pm_trace_get_traceback(unsigned int domain, const void *ptr, pm_trace
  * with the caller's traceback. Any domain number is its own namespace (0..2 are the
  * allocator domains). Track returns 0, -1 when the trace cannot be stored (no memory, or
  * ptr 0), -2 when not tracing; tracking a tracked (domain, ptr) replaces its trace.
- * Untrack returns 0 (an unknown pointer is fine) or -2 when not tracing. */
+ * Untrack returns 0 (an unknown pointer is fine) or -2 when not tracing. Meant for memory
+ * the traced domains did not hand out: a block of pymalloc's pools that the tracer did not
+ * trace itself (one allocated before the session, or any while sampling), tracked by hand
+ * in domain mem or object, is not untracked by its free, which takes pymalloc's fast path;
+ * untrack it before freeing it. */
 PM_API int pm_trace_track(unsigned int domain, uintptr_t ptr, size_t size);
 PM_API int pm_trace_untrack(unsigned int domain, uintptr_t ptr);
 

@@ -128,7 +128,9 @@
  * says it counts; it reads the mark, not the record (see Marks, below). So:
  *   - blocks allocated before start are main heap blocks, freed as before; and no block
  *     of the main heap's pools is traced (what is too large for a record comes from the
- *     raw domain, hook_ctx.sampled, traced in the table), so free's fast path may skip us;
+ *     raw domain, hook_ctx.sampled, traced in the table), so free's fast path may skip us
+ *     (as while sampling, a block from before start tracked by hand in mem or object is
+ *     then not untracked by its free);
  *   - clear and stop renew or end the session and zero the marks: records left behind stop
  *     counting, and their blocks, which outlive the session, are freed by pymalloc as usual;
  *   - realloc always moves a block out of the main heap, or keeps it in place with a new
