@@ -1142,8 +1142,9 @@ static bool give_marks(pm_pool *pool) {
         if ((size_t)(marks_end - marks_next) < bytes) {
             /* The rest of the old chunk (a multiple of 64) goes to the spare lists. */
             while (marks_next != marks_end) {
+                size_t left = (size_t)(marks_end - marks_next);
                 unsigned b = 0;
-                while (b + 1 < MARK_BUCKETS && ((size_t)64 << (b + 1)) <= (size_t)(marks_end - marks_next)) b++;
+                while (b + 1 < MARK_BUCKETS && ((size_t)64 << (b + 1)) <= left) b++;
                 push_spare_marks(b, marks_next);
                 marks_next += (size_t)64 << b;
             }

@@ -549,8 +549,8 @@ static void op_retrack(size_t index, uint8_t arg) {
     st.provider_calls = 0;
     int result = pm_trace_track(s->domain, (uintptr_t)s->ptr, size);
     if (result != 0) {
-        fail("track of the slot's own block %p (domain %d) as %zu bytes returned %d", (void *)s->ptr,
-             (int)s->domain, size, result);
+        fail("track of the slot's own block %p (domain %d) as %zu bytes returned %d",
+             (void *)s->ptr, (int)s->domain, size, result);
     }
     s->retracked = true;
     s->tracked_size = size;

@@ -170,8 +170,8 @@ int main(int argc, char **argv) {
             /* untraced always runs: the ratios need it */
             for (int m = 1; m < MODES; m++) enabled[m] = strstr(argv[i] + 8, mode_names[m]) != NULL;
         } else {
-            fprintf(stderr, "usage: trace_cost [--steps=N] [--rounds=R] [--modes=hooked,full,native,sampling] "
-                            "[--decref]\n");
+            fprintf(stderr, "usage: trace_cost [--steps=N] [--rounds=R] "
+                            "[--modes=hooked,full,native,sampling] [--decref]\n");
             return 2;
         }
     }
