@@ -239,7 +239,8 @@
  * the benchmark's 256 interleaved call sites, 256 2-way sets missed 15% of the time, 512
  * sets 5%. */
 #define CACHED_FRAMES 2
-#define TB_CACHE_SETS 512
+#define TB_CACHE_SET_BITS 9
+#define TB_CACHE_SETS (1 << TB_CACHE_SET_BITS)
 #define TB_CACHE_WAYS 2
 
 enum trace_op { OP_MALLOC, OP_CALLOC, OP_REALLOC, OP_COUNT };
@@ -360,12 +361,12 @@ static const provider_record *provider_records;
 typedef struct tb_cache_entry {
     const pm_trace_tb *tb;
     size_t session; /* 0: empty */
-    uint32_t hash;
     uint32_t domain;
-    uint32_t nframes;
-    uint32_t unused;
+    uint32_t nframes; /* tb_cache_key: the count, and whether the frames are native */
+    uint64_t unused;  /* an entry is 64 bytes, a set two cache lines */
     pm_trace_frame frames[CACHED_FRAMES];
 } tb_cache_entry;
+static_assert(sizeof(tb_cache_entry) == 64, "a cache entry is one cache line");
 
 /* The depth and the sampling countdown are in pm_trace_gate (alloc/internal/pymalloc.h), which
  * pymalloc's sampling route reads too. */
@@ -693,9 +694,9 @@ __attribute__((always_inline)) static inline bool trace_remove(unsigned domain, 
 /* ---- tracebacks ------------------------------------------------------------------------ */
 
 /* Every bit of the result depends on every input bit: the low bits pick a traceback shard
- * and slot, the middle ones a set of the thread's cache. (FNV-1a, used before, left the
- * middle bits of frames that differ only in their line number nearly alike: the cache
- * missed half the time on 256 sites.) */
+ * and slot. (FNV-1a, used before, left the middle bits of frames that differ only in their
+ * line number nearly alike, which made a cache indexed by them miss half the time on 256
+ * sites.) */
 static uint32_t frames_hash(unsigned domain, const pm_trace_frame *frames, size_t n) {
     uint64_t h = domain ^ ((uint64_t)n << 32);
     for (size_t i = 0; i < n; i++) {
@@ -757,37 +758,65 @@ static int tb_reserve(tb_shard *s) PM_REQUIRES(s->lock) {
     return 0;
 }
 
-/* The first entry of hash's set in a thread's traceback cache. The low bits also pick the
- * traceback shard and slot: take higher ones. */
-static inline size_t tb_cache_set_index(uint32_t hash) {
-    return (hash >> 8) % TB_CACHE_SETS * TB_CACHE_WAYS;
+/* The first entry of the set of (domain, frames) in a thread's traceback cache. Not
+ * frames_hash: the cache needs only a set, which one multiplication a frame spreads well
+ * (the top bits of a product depend on every bit of the multiplicand, so sites that differ
+ * only in their line land in different sets), and frames_hash is then computed only on a
+ * miss. That took 14 instructions off a traced malloc (trace_cost, full tracing). */
+static inline size_t tb_cache_set_index(unsigned domain, uint32_t key, const pm_trace_frame *frames,
+                                        size_t n) {
+    uint64_t h = domain + ((uint64_t)key << 32);
+    for (size_t i = 0; i < n; i++) {
+        h = (h + (uintptr_t)frames[i].filename + frames[i].lineno * 0x9E3779B97F4A7C15ull) *
+            0xBF58476D1CE4E5B9ull;
+    }
+    return (size_t)(h >> (64 - TB_CACHE_SET_BITS)) * TB_CACHE_WAYS;
 }
 
-/* The set of this thread's traceback cache where (hash) lives; NULL when the traceback is
- * too long to cache or the cache has no memory (tracing goes on without it). */
-static tb_cache_entry *tb_cache_set(uint32_t hash, size_t n) {
+/* The cache's key for n frames: native frames (filename NULL, line a pc) and a provider's
+ * frames as it gave them (filename NULL too at times) must not meet in one entry. */
+#define NATIVE_CACHE_KEY ((uint32_t)1 << 16)
+static inline uint32_t tb_cache_key(size_t n, bool provided) {
+    return (uint32_t)n | (provided ? 0 : NATIVE_CACHE_KEY);
+}
+
+/* The set of this thread's traceback cache where (domain, frames) lives; NULL when the
+ * traceback is too long to cache or the cache has no memory (tracing goes on without it). */
+static tb_cache_entry *tb_cache_set(unsigned domain, uint32_t key, const pm_trace_frame *frames,
+                                    size_t n) {
     if (n > CACHED_FRAMES) return NULL;
     if (__builtin_expect(tls.tb_cache == NULL, 0)) {
         tls.tb_cache = pm_trace_mem_alloc(TB_CACHE_SETS * TB_CACHE_WAYS * sizeof(tb_cache_entry));
         if (tls.tb_cache == NULL) return NULL;
         register_thread_exit();
     }
-    return &tls.tb_cache[tb_cache_set_index(hash)];
+    return &tls.tb_cache[tb_cache_set_index(domain, key, frames, n)];
 }
 
 static void tb_cache_fill(tb_cache_entry *set, const pm_trace_tb *tb, size_t session,
-                          uint32_t hash, unsigned domain, const pm_trace_frame *frames, size_t n) {
+                          unsigned domain, uint32_t key, const pm_trace_frame *frames, size_t n) {
     set[1] = set[0];
-    set[0] = (tb_cache_entry){tb, session, hash, domain, (uint32_t)n, 0, {{NULL, 0}}};
+    set[0] = (tb_cache_entry){tb, session, domain, key, 0, {{NULL, 0}}};
     memcpy(set[0].frames, frames, n * sizeof *frames);
 }
 
-/* tb_intern's slow half: the thread's cache did not have it. */
+/* tb_intern's slow half: the thread's cache did not have it. A provider's frames are keyed
+ * in the cache as it gave them, and stored with "<unknown>" for a NULL filename: the fix-up
+ * is then paid on a miss only. */
 __attribute__((noinline)) static const pm_trace_tb *tb_intern_slow(unsigned domain,
-                                                                   const pm_trace_frame *frames,
+                                                                   pm_trace_frame *frames,
                                                                    size_t n, size_t session,
-                                                                   uint32_t hash) {
-    tb_cache_entry *set = tb_cache_set(hash, n);
+                                                                   bool provided) {
+    uint32_t key = tb_cache_key(n, provided);
+    tb_cache_entry *set = tb_cache_set(domain, key, frames, n);
+    pm_trace_frame as_given[CACHED_FRAMES];
+    if (set != NULL) memcpy(as_given, frames, n * sizeof *frames);
+    if (provided) {
+        for (size_t i = 0; i < n; i++) {
+            if (frames[i].filename == NULL) frames[i].filename = "<unknown>";
+        }
+    }
+    uint32_t hash = frames_hash(domain, frames, n);
     tb_shard *s = &tb_shards[hash % TB_SHARDS];
     const pm_trace_tb *result = NULL;
     pm_spinlock_lock(&s->lock);
@@ -815,25 +844,28 @@ __attribute__((noinline)) static const pm_trace_tb *tb_intern_slow(unsigned doma
         }
     }
     pm_spinlock_unlock(&s->lock);
-    if (result != NULL && set != NULL) tb_cache_fill(set, result, session, hash, domain, frames, n);
+    if (result != NULL && set != NULL) {
+        tb_cache_fill(set, result, session, domain, key, as_given, n);
+    }
     return result;
 }
 
-/* The interned traceback equal to (domain, frames), or NULL when no memory is left. */
-static inline const pm_trace_tb *tb_intern(unsigned domain, const pm_trace_frame *frames,
-                                           size_t n, size_t session) {
-    uint32_t hash = frames_hash(domain, frames, n);
+/* The interned traceback equal to (domain, frames), or NULL when no memory is left.
+ * `provided`: the frames are a provider's (see tb_intern_slow); a constant at each call. */
+__attribute__((always_inline)) static inline const pm_trace_tb *tb_intern(
+    unsigned domain, pm_trace_frame *frames, size_t n, size_t session, bool provided) {
+    uint32_t key = tb_cache_key(n, provided);
     if (n <= CACHED_FRAMES && tls.tb_cache != NULL) {
-        const tb_cache_entry *set = &tls.tb_cache[tb_cache_set_index(hash)];
+        const tb_cache_entry *set = &tls.tb_cache[tb_cache_set_index(domain, key, frames, n)];
         for (size_t way = 0; way < TB_CACHE_WAYS; way++) {
             const tb_cache_entry *e = &set[way];
-            if (e->session == session && e->hash == hash && e->domain == domain &&
-                e->nframes == n && frames_equal(e->frames, frames, n)) {
+            if (e->session == session && e->domain == domain && e->nframes == key &&
+                frames_equal(e->frames, frames, n)) {
                 return e->tb;
             }
         }
     }
-    return tb_intern_slow(domain, frames, n, session, hash);
+    return tb_intern_slow(domain, frames, n, session, provided);
 }
 
 /* Makes the capture buffer hold `frames` frames and as many pcs. */
@@ -867,14 +899,11 @@ __attribute__((always_inline)) static inline const pm_trace_tb *capture_provided
     }
     size_t n = provider->fn(provider->ctx, frames, nframes);
     if (n > nframes) n = nframes;
-    for (size_t i = 0; i < n; i++) {
-        if (frames[i].filename == NULL) frames[i].filename = "<unknown>";
-    }
     if (n == 0) {
         frames[0] = (pm_trace_frame){"<unknown>", 0};
         n = 1;
     }
-    return tb_intern(domain, frames, n, session);
+    return tb_intern(domain, frames, n, session, true);
 }
 
 /* The native stack, skipping `skip` frames from this function's own, interned. Its
@@ -894,7 +923,7 @@ __attribute__((noinline)) static const pm_trace_tb *capture_native(unsigned doma
         tls.frames[0] = (pm_trace_frame){"<unknown>", 0};
         n = 1;
     }
-    return tb_intern(domain, tls.frames, n, session);
+    return tb_intern(domain, tls.frames, n, session, false);
 }
 
 /* capture's `op` for pm_trace_track: capture's frame and the function's own are skipped. */

@@ -155,6 +155,31 @@ TEST_F(TraceTest, AProviderWithoutFramesGivesTheUnknownFrame) {
     pm_raw_free(p);
 }
 
+// A NULL filename from the provider reads "<unknown>" at its line, on the first capture and
+// on later ones, which the thread's traceback cache answers with the frames as given. The
+// line is never taken for a native frame's address, even when it looks like one: here it
+// is an address inside this test binary, which symbolising would name.
+TEST_F(TraceTest, AProviderFrameWithoutAFilenameIsUnknownAtItsLine) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start(1));
+    const size_t line = reinterpret_cast<uintptr_t>(&Current) + 1;
+    Frame nameless(nullptr, line);
+    void *blocks[] = {pm_obj_malloc(32), pm_obj_malloc(32), pm_mem_malloc(600), pm_raw_malloc(8)};
+    pm_domain domains[] = {PM_DOMAIN_OBJ, PM_DOMAIN_OBJ, PM_DOMAIN_MEM, PM_DOMAIN_RAW};
+    for (size_t i = 0; i < 4; i++) {
+        ASSERT_NE(nullptr, blocks[i]);
+        pm_trace_frame frame{};
+        ASSERT_EQ(1, pm_trace_get_traceback(domains[i], blocks[i], &frame, 1)) << "block " << i;
+        EXPECT_STREQ("<unknown>", frame.filename) << "block " << i;
+        EXPECT_EQ(line, frame.lineno) << "block " << i;
+    }
+    pm_obj_free(blocks[0]);
+    pm_obj_free(blocks[1]);
+    pm_mem_free(blocks[2]);
+    pm_raw_free(blocks[3]);
+    EXPECT_EQ(0u, Current());
+}
+
 // A provider that allocates through the domains itself: those calls are not traced.
 size_t AllocatingProvider(void *, pm_trace_frame *frames, size_t max_frames) {
     void *scratch = pm_raw_malloc(4096);
