@@ -168,9 +168,12 @@
  * not touched since it allocated it. With marks free reads none: 3.04-3.11x in five
  * interleaved runs in which the record-reading binary took 3.2-4.4x, at +222
  * instructions a step (the block's index, a multiplication, on both sides) and 2 bytes
- * more of bookkeeping a block. What is left is the provider and the traceback cache (~80
- * instructions), the route, record and mark (~85), free's (~55): a step too long to
- * overlap its misses with the next one's. trace_cost --decref reads each block before its
+ * more of bookkeeping a block. A cheaper index for the thread's traceback cache and the
+ * provider's NULL-filename fix-up moved to a miss then took 29 instructions off (+190
+ * over an untraced 111): 2.76-3.04x, against 2.95-3.27x for the binary before, in six
+ * interleaved pairs, each pair in its favour. What is left is the provider and the
+ * traceback cache (~50 instructions), the route, record and mark (~85), free's (~55): a
+ * step too long to overlap its misses with the next one's. trace_cost --decref reads each block before its
  * free, as a runtime's decref does: the untraced step grows by ~20 ns, the traced one by
  * ~90 (3.4-3.7x). With the table, full tracing with one
  * provider frame cost 6.2-7.1x, +544 instructions and +210-230 ns a step (8.1-9.3x and
@@ -762,7 +765,8 @@ static int tb_reserve(tb_shard *s) PM_REQUIRES(s->lock) {
  * frames_hash: the cache needs only a set, which one multiplication a frame spreads well
  * (the top bits of a product depend on every bit of the multiplicand, so sites that differ
  * only in their line land in different sets), and frames_hash is then computed only on a
- * miss. That took 14 instructions off a traced malloc (trace_cost, full tracing). */
+ * miss. With the NULL-filename fix-up also left to a miss (tb_intern_slow) that took 29
+ * instructions off a traced step (trace_cost, full tracing, callgrind: +219 -> +190). */
 static inline size_t tb_cache_set_index(unsigned domain, uint32_t key, const pm_trace_frame *frames,
                                         size_t n) {
     uint64_t h = domain + ((uint64_t)key << 32);
