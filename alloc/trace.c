@@ -173,9 +173,9 @@
  * over an untraced 111): 2.76-3.04x, against 2.95-3.27x for the binary before, in six
  * interleaved pairs, each pair in its favour. What is left is the provider and the
  * traceback cache (~50 instructions), the route, record and mark (~85), free's (~55): a
- * step too long to overlap its misses with the next one's. trace_cost --decref reads each block before its
- * free, as a runtime's decref does: the untraced step grows by ~20 ns, the traced one by
- * ~90 (3.4-3.7x). With the table, full tracing with one
+ * step too long to overlap its misses with the next one's. trace_cost --decref reads each
+ * block before its free, as a runtime's decref does: the untraced step grows by ~20 ns, the
+ * traced one by ~90 (3.4-3.7x, before the cheaper cache). With the table, full tracing with one
  * provider frame cost 6.2-7.1x, +544 instructions and +210-230 ns a step (8.1-9.3x and
  * +681 before the cheap paths: the traceback cache, no filter, prefetch, frameless hooks;
  * on the older pymalloc, whose step took 50 ns, 3.8-4.3x against 5.3x). What dominates is
