@@ -74,20 +74,45 @@ static void *map_anonymous(size_t size) {
 
 /* An arena aligned to its own size loses no pool to alignment (with 32 KiB pools in a
  * 256 KiB arena an unaligned one loses 1 pool in 8). Linux places each new mapping just
- * below the previous one, so once one arena is aligned the next usually is too and the
- * plain mmap succeeds; otherwise map twice the size and trim both ends. */
-static void *mmap_arena_alloc(void *ctx, size_t size) {
-    (void)ctx;
+ * below the previous one, so once one mapping is aligned the next usually is too and the
+ * plain mmap succeeds; otherwise map an arena more and trim both ends. */
+static char *map_aligned(size_t size) {
     char *p = map_anonymous(size);
-    if (p == NULL || ((uintptr_t)p & (size - 1)) == 0) return p;
+    if (p == NULL || ((uintptr_t)p & (PM_ARENA_SIZE - 1)) == 0) return p;
     munmap(p, size);
-    char *wide = map_anonymous(2 * size);
+    char *wide = map_anonymous(size + PM_ARENA_SIZE);
     if (wide == NULL) return NULL;
-    char *aligned = (char *)(((uintptr_t)wide + size - 1) & ~(uintptr_t)(size - 1));
+    char *aligned = (char *)(((uintptr_t)wide + PM_ARENA_SIZE - 1) & ~(uintptr_t)(PM_ARENA_SIZE - 1));
     if (aligned > wide) munmap(wide, (size_t)(aligned - wide));
-    char *end = wide + 2 * size;
+    char *end = wide + size + PM_ARENA_SIZE;
     if (end > aligned + size) munmap(aligned + size, (size_t)(end - (aligned + size)));
     return aligned;
+}
+
+/* Arenas are cut from chunks of ARENAS_PER_CHUNK arenas, one mmap each, so that
+ * a growing heap makes one mmap per 4 MiB, not one (or four, when trimming) per arena:
+ * each is a write lock on the process's memory map, which stalls the page faults of every
+ * other thread, and it is made under the pool lock (free-threaded mode), which other
+ * threads then wait for. What is left of a chunk is address space only, no resident
+ * memory: pages are faulted in as pools are carved. An arena is unmapped on its own when it
+ * empties, as before. The chunk is protected by whatever serialises new_arena: the
+ * pool lock with thread caches, else the GIL. */
+enum { ARENAS_PER_CHUNK = 16 };
+static char *chunk_next, *chunk_end; /* the current chunk's arenas not handed out */
+
+static void *mmap_arena_alloc(void *ctx, size_t size) {
+    (void)ctx;
+    if (size != PM_ARENA_SIZE) return map_aligned(size);
+    if (chunk_next == chunk_end) {
+        char *fresh = map_aligned(ARENAS_PER_CHUNK * (size_t)PM_ARENA_SIZE);
+        /* No room for a chunk: a lone arena may still fit. */
+        if (fresh == NULL) return map_aligned(size);
+        chunk_next = fresh;
+        chunk_end = fresh + ARENAS_PER_CHUNK * (size_t)PM_ARENA_SIZE;
+    }
+    char *arena = chunk_next;
+    chunk_next += PM_ARENA_SIZE;
+    return arena;
 }
 
 static void mmap_arena_free(void *ctx, void *ptr, size_t size) {

@@ -90,6 +90,23 @@ void pm_mutex_lock(pm_mutex *mutex) PM_NO_THREAD_SAFETY_ANALYSIS {
     check(pthread_mutex_lock(&mutex->impl), "pthread_mutex_lock");
 }
 
+static uint64_t monotonic_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+
+void pm_mutex_lock_spinning(pm_mutex *mutex, uint64_t spin_ns) PM_NO_THREAD_SAFETY_ANALYSIS {
+    if (pthread_mutex_trylock(&mutex->impl) == 0) return;
+    /* The clock is read once per round of PAUSEs (a vDSO call, ~20 ns), not per PAUSE. */
+    uint64_t deadline = monotonic_ns() + spin_ns;
+    do {
+        for (unsigned i = 0; i < 16; i++) pm_cpu_relax();
+        if (pthread_mutex_trylock(&mutex->impl) == 0) return;
+    } while (monotonic_ns() < deadline);
+    pm_mutex_lock(mutex);
+}
+
 bool pm_mutex_trylock(pm_mutex *mutex) PM_NO_THREAD_SAFETY_ANALYSIS {
     int rc = pthread_mutex_trylock(&mutex->impl);
     if (rc == EBUSY) return false;

@@ -34,6 +34,13 @@
  *   inside the allocator. The cost is size (40 bytes vs 4) and one extra call per
  *   operation, acceptable for a lock that is allowed to sleep.
  *
+ *   pm_mutex_lock_spinning retries for a bounded time before it sleeps, for locks whose
+ *   holders rarely keep them long: a sleeper is woken by the unlocking thread, and on a VM
+ *   the scheduler often places the woken thread on its waker's CPU even when its own CPU
+ *   is idle (an idle vCPU is descheduled by the host and looks busy), which then leaves
+ *   two threads sharing one CPU for milliseconds. The bound is in time, not iterations:
+ *   PAUSE takes anywhere from ~10 to ~140 cycles depending on the microarchitecture.
+ *
  * pm_cond: pthread_cond_t created with CLOCK_MONOTONIC, so timeouts do not jump when the
  *   wall clock is set. It has no static initializer for that reason: call pm_cond_init.
  *   Waits may wake spuriously; always wait in a loop on the predicate.
@@ -145,6 +152,11 @@ void pm_mutex_init(pm_mutex *mutex);
 /* The mutex must be unlocked and have no waiters. */
 void pm_mutex_destroy(pm_mutex *mutex);
 void pm_mutex_lock(pm_mutex *mutex) PM_ACQUIRE(mutex);
+/* As pm_mutex_lock, but a contended caller first retries for up to `spin_ns` (polling
+ * with PAUSE) before it sleeps. For locks held briefly by threads that should keep their
+ * CPUs: every sleep ends in a wake-up, and a wake-up may move the sleeper onto its waker's
+ * CPU (measured in alloc/thread_cache.c, where the pool and registry locks use it). */
+void pm_mutex_lock_spinning(pm_mutex *mutex, uint64_t spin_ns) PM_ACQUIRE(mutex);
 /* Returns true if the mutex was taken. Never waits. */
 bool pm_mutex_trylock(pm_mutex *mutex) PM_TRY_ACQUIRE(true, mutex);
 void pm_mutex_unlock(pm_mutex *mutex) PM_RELEASE(mutex);

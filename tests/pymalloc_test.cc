@@ -27,13 +27,17 @@ struct ArenaSpy {
     int allocs = 0;
     int frees = 0;
     bool fail = false;
+    std::vector<uintptr_t> arenas;  // every arena handed out, in order
 
     static void *Alloc(void *ctx, size_t size) {
         auto *self = static_cast<ArenaSpy *>(ctx);
         EXPECT_EQ(size, pm_arena_size());
         if (self->fail) return nullptr;
         void *p = self->saved.alloc(self->saved.ctx, size);
-        if (p != nullptr) self->allocs++;
+        if (p != nullptr) {
+            self->allocs++;
+            self->arenas.push_back(reinterpret_cast<uintptr_t>(p));
+        }
         return p;
     }
     static void Free(void *ctx, void *ptr, size_t size) {
@@ -418,6 +422,33 @@ pm_pool *TakeFreshPool(std::vector<pm_pool *> *taken) PM_GIL_REQUIRED {
         taken->push_back(pool);
         if (pool->size_class == PM_NO_CLASS) return pool;
     }
+}
+
+// The default arena allocator maps arenas sixteen at a time (one mmap, not one or four an
+// arena), yet an arena that empties still goes back to the OS on its own, and the arenas of
+// a mapping not yet handed out hold no memory. mincore(2) fails with ENOMEM on unmapped
+// addresses, which ResidentPages reports as SIZE_MAX.
+TEST_F(PymallocTest, ArenasMappedAheadHoldNoMemoryAndEachGoesBackAlone) {
+    GilScope gil;
+    pm_set_arena_reserve(0);
+    ArenaSpy spy;
+    spy.Install();
+    std::vector<void *> blocks;
+    size_t per_arena = PM_POOLS_PER_ARENA * pm_class_capacity(pm_size_class(64));
+    for (size_t i = 0; i < 3 * per_arena; i++) blocks.push_back(pm_obj_malloc(64));
+    ASSERT_GE(spy.allocs, 3);
+    // The arena after the newest is mapped ahead unless the newest ended a mapping.
+    uintptr_t last = spy.arenas.back();
+    size_t ahead = ResidentPages(last + pm_arena_size(), pm_arena_size());
+    EXPECT_TRUE(ahead == 0 || ahead == SIZE_MAX) << ahead << " pages of an unused arena resident";
+    std::vector<uintptr_t> made = spy.arenas;
+    for (void *p : blocks) pm_obj_free(p);
+    ASSERT_EQ(spy.frees, spy.allocs);
+    for (uintptr_t arena : made) {
+        EXPECT_EQ(SIZE_MAX, ResidentPages(arena, pm_arena_size()))
+            << "the arena at " << reinterpret_cast<void *>(arena) << " is still mapped";
+    }
+    spy.Uninstall();
 }
 
 // Memory is touched only as it is needed: a pool's first block faults in its first page

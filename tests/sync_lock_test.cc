@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <time.h>
 
+#include <atomic>
+#include <chrono>
 #include <thread>
 
 #include "sync/sync.h"
@@ -153,6 +155,54 @@ TEST(SyncMutex, MutualExclusionOfPlainCounter) {
     pm_mutex_lock(&c.mutex);
     EXPECT_EQ(c.value, static_cast<long>(kThreads) * kIncrements);
     pm_mutex_unlock(&c.mutex);
+}
+
+// pm_mutex_lock_spinning excludes exactly as pm_mutex_lock does, whether waiters get the
+// mutex while polling (a long window) or sleep for it (no window at all), and the two kinds
+// of lock call mix on one mutex.
+TEST(SyncMutex, SpinningLockExcludesWhetherWaitersPollOrSleep) {
+    for (uint64_t spin_ns : {uint64_t{0}, uint64_t{1000}, uint64_t{1000000}}) {
+        MutexCounter c;
+        RunThreads(kThreads, [&](int t) {
+            for (int i = 0; i < kIncrements; i++) {
+                if (t % 2 == 0) {
+                    pm_mutex_lock_spinning(&c.mutex, spin_ns);
+                } else {
+                    pm_mutex_lock(&c.mutex);
+                }
+                long v = c.value;
+                c.value = v + 1;
+                pm_mutex_unlock(&c.mutex);
+            }
+        });
+        pm_mutex_lock(&c.mutex);
+        EXPECT_EQ(c.value, static_cast<long>(kThreads) * kIncrements) << "spin " << spin_ns << " ns";
+        pm_mutex_unlock(&c.mutex);
+    }
+}
+
+// A holder that keeps the mutex far past the waiter's window: the waiter stops polling,
+// sleeps, and gets the mutex once it is released, not before.
+TEST(SyncMutex, SpinningLockWaitsOutALongHolder) {
+    MutexCounter c;
+    std::atomic<bool> holding{false};
+    std::atomic<uint64_t> released_at{0};
+    uint64_t acquired_at = 0;
+    std::thread holder([&] {
+        pm_mutex_lock(&c.mutex);
+        holding = true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        c.value = 1;
+        released_at = MonotonicNs();
+        pm_mutex_unlock(&c.mutex);
+    });
+    while (!holding) std::this_thread::yield();
+    pm_mutex_lock_spinning(&c.mutex, 1000);
+    acquired_at = MonotonicNs();
+    EXPECT_EQ(c.value, 1) << "got the mutex while the holder still had it";
+    pm_mutex_unlock(&c.mutex);
+    holder.join();
+    EXPECT_GE(acquired_at, released_at.load());
 }
 
 TEST(SyncMutex, RuntimeInitAndTrylock) {
