@@ -82,7 +82,8 @@ static char *map_aligned(size_t size) {
     munmap(p, size);
     char *wide = map_anonymous(size + PM_ARENA_SIZE);
     if (wide == NULL) return NULL;
-    char *aligned = (char *)(((uintptr_t)wide + PM_ARENA_SIZE - 1) & ~(uintptr_t)(PM_ARENA_SIZE - 1));
+    uintptr_t mask = PM_ARENA_SIZE - 1;
+    char *aligned = (char *)(((uintptr_t)wide + mask) & ~mask);
     if (aligned > wide) munmap(wide, (size_t)(aligned - wide));
     char *end = wide + size + PM_ARENA_SIZE;
     if (end > aligned + size) munmap(aligned + size, (size_t)(end - (aligned + size)));

@@ -90,14 +90,14 @@ static pm_mutex pool_mutex = PM_MUTEX_INITIALIZER;
 enum { RANK_REGISTRY = 1, RANK_POOL = 2 };
 
 /* How long a thread that finds either lock taken polls before it sleeps. Both are held
- * for microseconds (taking a pool; only one new arena in 16 makes an mmap, arena.c), so
- * a 20 us window covers nearly every wait, and a waiter whose holder was preempted gives
- * up soon. Sleeping was what cost: on this 2-vCPU VM a
- * woken waiter was often placed on the CPU of the thread that unlocked it, and two workers
- * that met at a lock while filling their caches went on sharing one CPU for milliseconds,
- * then started their timed loops late (mt_churn, 2 threads: both workers ended their fills
- * on one CPU in 9 of 16 and 8 of 14 runs; with the spin and the chunks 2 of 16 and 2 of 14,
- * tcmalloc 1 of 16 and 2 of 14). */
+ * for microseconds (taking a pool; only one new arena in 16 makes an mmap, arena.c), so a
+ * 20 us window covers nearly every wait, and a waiter whose holder was preempted gives up
+ * soon. Sleeping was what cost: on this 2-vCPU VM a woken waiter was often placed on the
+ * CPU of the thread that unlocked it, and two workers that met at a lock while filling
+ * their caches went on sharing one CPU for milliseconds, then started their timed loops
+ * late (mt_churn, 2 threads: both workers ended their fills on one CPU in 9 of 16 and 8 of
+ * 14 runs; with the spin and the chunks 2 of 16 and 2 of 14, tcmalloc 1 of 16 and 2 of 14).
+ * Either change alone, in one set each, did not help: 9 of 14 and 8 of 14. */
 #define LOCK_SPIN_NS 20000
 
 #ifndef NDEBUG

@@ -174,9 +174,10 @@
  * interleaved pairs, each pair in its favour. What is left is the provider and the
  * traceback cache (~50 instructions), the route, record and mark (~85), free's (~55; ~43
  * since free reaches us through a dispatch without register saves, +178 in all, no change
- * in time measurable here): a step too long to overlap its misses with the next one's. trace_cost --decref reads each
- * block before its free, as a runtime's decref does: the untraced step grows by ~20 ns, the
- * traced one by ~90 (3.4-3.7x, before the cheaper cache). With the table, full tracing with one
+ * in time measurable here): a step too long to overlap its misses with the next one's.
+ * trace_cost --decref reads each block before its free, as a runtime's decref does: the
+ * untraced step grows by ~20 ns, the traced one by ~90 (3.4-3.7x, before the cheaper
+ * cache). With the table, full tracing with one
  * provider frame cost 6.2-7.1x, +544 instructions and +210-230 ns a step (8.1-9.3x and
  * +681 before the cheap paths: the traceback cache, no filter, prefetch, frameless hooks;
  * on the older pymalloc, whose step took 50 ns, 3.8-4.3x against 5.3x). What dominates is

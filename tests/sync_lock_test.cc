@@ -176,7 +176,8 @@ TEST(SyncMutex, SpinningLockExcludesWhetherWaitersPollOrSleep) {
             }
         });
         pm_mutex_lock(&c.mutex);
-        EXPECT_EQ(c.value, static_cast<long>(kThreads) * kIncrements) << "spin " << spin_ns << " ns";
+        EXPECT_EQ(c.value, static_cast<long>(kThreads) * kIncrements)
+            << "spin " << spin_ns << " ns";
         pm_mutex_unlock(&c.mutex);
     }
 }
