@@ -367,10 +367,41 @@ static pm_arena *new_arena(void) {
     return arena;
 }
 
+/* Releasing. With thread caches, arenas are released under the pool lock, and an munmap
+ * there took 32-53 us (mt_churn's workers emptying their pools at the end), a wait for any
+ * thread that needed a pool meanwhile. So an arena of the default allocator is only taken
+ * off the books under the lock: its address waits here and pm_pool_unlock unmaps it after
+ * unlocking, before it returns, so the caller still finds the memory gone. munmap needs no
+ * lock of ours; another arena allocator is called under the lock, as CPython calls its
+ * under the GIL. Nothing else may use a pending range: its map entries are cleared and no
+ * descriptor names it. Should more than PM_UNMAPS_PENDING_MAX wait at once, the rest are
+ * unmapped at once, under the lock. */
+static uintptr_t unmaps_pending[PM_UNMAPS_PENDING_MAX];
+static size_t unmaps_pending_count;
+
+static bool may_unmap_later(const pm_arena *arena) {
+    return pm_threading.caches && arena->allocator.alloc == mmap_arena_alloc &&
+           unmaps_pending_count < PM_UNMAPS_PENDING_MAX;
+}
+
+void pm_arena_take_unmaps(pm_arena_unmaps *out) {
+    out->count = unmaps_pending_count;
+    memcpy(out->address, unmaps_pending, unmaps_pending_count * sizeof *unmaps_pending);
+    unmaps_pending_count = 0;
+}
+
+void pm_arena_unmap(const pm_arena_unmaps *unmaps) {
+    for (size_t i = 0; i < unmaps->count; i++) munmap((void *)unmaps->address[i], PM_ARENA_SIZE);
+}
+
 static void release_arena(pm_arena *arena) {
     /* Unmark first: once the memory is gone the OS may give the range to anyone. */
     map_update(arena, false);
-    arena->allocator.free(arena->allocator.ctx, (void *)arena->address, PM_ARENA_SIZE);
+    if (may_unmap_later(arena)) {
+        unmaps_pending[unmaps_pending_count++] = arena->address;
+    } else {
+        arena->allocator.free(arena->allocator.ctx, (void *)arena->address, PM_ARENA_SIZE);
+    }
     pm_counters.arenas_reclaimed++;
     pm_counters.arenas_current--;
     descriptor_put(arena);

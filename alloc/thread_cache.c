@@ -153,10 +153,14 @@ static bool pool_trylock(void) PM_NO_THREAD_SAFETY_ANALYSIS {
     return true;
 }
 
+/* Arenas released under the lock are unmapped after it (arena.c, "Releasing"). */
 void pm_pool_unlock(void) PM_NO_THREAD_SAFETY_ANALYSIS {
     if (!pm_threading.caches) return;
+    pm_arena_unmaps unmaps;
+    pm_arena_take_unmaps(&unmaps);
     pm_mutex_unlock(&pool_mutex);
     order_release(RANK_POOL);
+    pm_arena_unmap(&unmaps);
 }
 
 void pm_heap_walk_lock(void) PM_NO_THREAD_SAFETY_ANALYSIS {
@@ -645,6 +649,10 @@ static void fork_child(void) PM_NO_THREAD_SAFETY_ANALYSIS {
     pm_atomic_store_size_relaxed(&attached_threads, survivors);
     pm_arena_for_each(reclaim_pool_of_vanished_thread, NULL);
     drain_unowned_lists();
+    /* Arenas those released wait for an unlock, and the child took no lock. */
+    pm_arena_unmaps unmaps;
+    pm_arena_take_unmaps(&unmaps);
+    pm_arena_unmap(&unmaps);
 }
 
 /* ---- configuration ------------------------------------------------------------------- */

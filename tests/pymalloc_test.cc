@@ -18,6 +18,7 @@
 #include "alloc/pymalloc_mt.h"
 #include "gtest/gtest.h"
 #include "tests/support/gil_scope.h"
+#include "tests/support/resident_pages.h"
 
 namespace {
 
@@ -402,16 +403,6 @@ TEST_F(PymallocTest, AFullPoolReturnsToTheBackOfItsList) {
     blocks.push_back(pm_obj_malloc(400));
     EXPECT_EQ(pm_pool_of(blocks.back()), other) << "the head pool serves first";
     for (void *b : blocks) pm_obj_free(b);
-}
-
-// Pages of [p, p + size) in memory, by mincore(2).
-size_t ResidentPages(uintptr_t p, size_t size) {
-    size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    std::vector<unsigned char> in_core(size / page);
-    if (mincore(reinterpret_cast<void *>(p), size, in_core.data()) != 0) return SIZE_MAX;
-    size_t resident = 0;
-    for (unsigned char c : in_core) resident += c & 1;
-    return resident;
 }
 
 // Takes pools from the arenas until one has never been used (its pages never touched).

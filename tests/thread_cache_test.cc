@@ -26,6 +26,7 @@
 #include "alloc/internal/pymalloc.h"
 #include "alloc/pymalloc_mt.h"
 #include "tests/support/gil_scope.h"
+#include "tests/support/resident_pages.h"
 
 namespace {
 
@@ -356,6 +357,47 @@ TEST_F(ThreadCacheTest, DetachHandsEverythingBackAndTheThreadMayComeBack) {
         EXPECT_NE(pm_own_heap(), &pm_unattached_heap);
         Free(PM_DOMAIN_OBJ, p);
     }).join();
+}
+
+// An arena that empties goes back to the OS before the call that emptied it returns. With
+// thread caches the arena is released under the pool lock and unmapped just after it
+// (arena.c, "Releasing"): that must not become "some time later". Only arenas all of whose
+// pools this thread took are checked: others may hold pools of earlier tests' threads.
+TEST_F(ThreadCacheTest, AnArenaThatEmptiesIsUnmappedBeforeTheFreeReturns) {
+    size_t reserve;
+    {
+        AllocScope scope;
+        reserve = pm_get_arena_reserve();
+        pm_set_arena_reserve(0);
+    }
+    std::thread([&] {
+        std::vector<void *> blocks;
+        size_t per_arena = PM_POOLS_PER_ARENA * pm_class_capacity(pm_size_class(64));
+        for (size_t i = 0; i < 4 * per_arena; i++) {
+            blocks.push_back(Alloc(PM_DOMAIN_OBJ, 64, false));
+            ASSERT_NE(nullptr, blocks.back());
+        }
+        std::vector<uintptr_t> ours;
+        for (void *p : blocks) {
+            const pm_arena *arena = pm_pool_of(p)->arena;
+            bool all_mine = true;
+            for (uint32_t i = 0; i < arena->total_pools; i++) {
+                all_mine = all_mine && pm_pool_owner(&arena->pools[i]) == pm_own_heap();
+            }
+            if (all_mine && std::find(ours.begin(), ours.end(), arena->address) == ours.end()) {
+                ours.push_back(arena->address);
+            }
+        }
+        ASSERT_GE(ours.size(), 2u);
+        for (void *p : blocks) Free(PM_DOMAIN_OBJ, p);
+        pm_thread_detach();  // what the cache kept goes back too
+        for (uintptr_t arena : ours) {
+            EXPECT_EQ(SIZE_MAX, ResidentPages(arena, pm_arena_size()))
+                << "the arena at " << reinterpret_cast<void *>(arena) << " is still mapped";
+        }
+    }).join();
+    AllocScope scope;
+    pm_set_arena_reserve(reserve);
 }
 
 // A size from the environment (tools/stress_thread_caches.sh sets them for long runs).

@@ -358,8 +358,18 @@ pm_pool *pm_arena_take_pool(void);
  * instead of a fault per page, when its arena came from the default arena allocator and
  * the kernel can (MADV_POPULATE_WRITE); otherwise does nothing. Call it without locks. */
 void pm_arena_populate_pool(const pm_pool *pool);
-/* Gives an empty pool back; may release its arena to the OS. */
+/* Gives an empty pool back; may release its arena to the OS (with thread caches, maybe
+ * only at the next pm_pool_unlock: see pm_arena_take_unmaps). */
 void pm_arena_return_pool(pm_pool *pool);
+/* Arenas of the default allocator released under the pool lock, to unmap once it is free:
+ * pm_pool_unlock takes them (the lock held) and unmaps them (after unlocking). */
+enum { PM_UNMAPS_PENDING_MAX = 16 };
+typedef struct pm_arena_unmaps {
+    size_t count;
+    uintptr_t address[PM_UNMAPS_PENDING_MAX];
+} pm_arena_unmaps;
+void pm_arena_take_unmaps(pm_arena_unmaps *out);
+void pm_arena_unmap(const pm_arena_unmaps *unmaps);
 
 /* Calls fn for every arena in use (reserve included). */
 void pm_arena_for_each(void (*fn)(const pm_arena *arena, void *arg), void *arg);

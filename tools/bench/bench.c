@@ -74,6 +74,11 @@
  *   rss_threads    --threads workers each allocate --blocks blocks and keep them live; RSS
  *                  growth with all of them live, and after all are freed (8 x 10,000 against
  *                  1 x 80,000 shows what spreading blocks over threads costs in memory).
+ *   thread_life    --iters short-lived threads, one after another: each allocates
+ *                  LIFE_BLOCKS blocks, frees them and exits, as a runtime's helper threads
+ *                  do. ns per thread from create to join, and the median over the threads
+ *                  of their first malloc (the cost of a cache's start: attaching a heap,
+ *                  taking a first pool; and at exit, giving them back).
  *
  * The kernel functions are noinline so that callgrind's per-function output names them (the
  * loop's own instructions show there, not under main).
@@ -639,6 +644,7 @@ typedef struct worker {
     uint64_t loop_start_ns, loop_end_ns; /* mt_churn: CLOCK_MONOTONIC around the timed loop */
     int cpu_at_start;                     /* mt_churn: the CPU the timed loop started on */
     uint64_t checksum; /* prodcons: bytes read by the consumer, so the reads are not dead */
+    uint64_t first_malloc_ns; /* thread_life: the thread's first malloc */
 } worker;
 
 /* The producer/consumer ring: single producer, single consumer; head and tail on their
@@ -992,6 +998,56 @@ __attribute__((noinline)) static void kernel_rss_threads(const run *r) {
     result_integer("rss_end_kib", rss_end - rss_start);
 }
 
+enum { LIFE_BLOCKS = 16 };
+
+static void *thread_life_worker(void *arg) {
+    worker *w = arg;
+    const run *r = w->r;
+    void *(*m)(size_t) = r->ops->malloc;
+    sync_kind sync = r->sync;
+    char *blocks[LIFE_BLOCKS];
+    sync_thread_begin(sync);
+    for (size_t i = 0; i < LIFE_BLOCKS; i++) {
+        uint64_t start = i == 0 ? clock_ns(CLOCK_MONOTONIC) : 0;
+        call_lock(sync);
+        blocks[i] = m(w->fill_sizes[i]);
+        call_unlock(sync);
+        if (i == 0) w->first_malloc_ns = clock_ns(CLOCK_MONOTONIC) - start;
+        CHECK(blocks[i]);
+        blocks[i][0] = (char)i;
+    }
+    free_blocks(r, blocks, LIFE_BLOCKS);
+    sync_thread_end(sync);
+    return NULL;
+}
+
+static int compare_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+__attribute__((noinline)) static void kernel_thread_life(const run *r) {
+    uint64_t n = r->iters;
+    uint16_t *sizes = random_sizes(n * LIFE_BLOCKS, 1, 512);
+    uint64_t *first = bench_array(n * sizeof *first);
+    worker w = {.r = r};
+    wall_begin();
+    for (uint64_t t = 0; t < n; t++) {
+        w.fill_sizes = sizes + t * LIFE_BLOCKS;
+        start_workers(&w, 1, thread_life_worker);
+        join_workers(&w, 1);
+        first[t] = w.first_malloc_ns;
+    }
+    uint64_t wall = wall_end();
+    qsort(first, n, sizeof *first, compare_u64);
+    result_integer("threads", (int64_t)n);
+    result_integer("ops", (int64_t)n);
+    result_integer("ns_total", (int64_t)wall);
+    result_number("ns_per_op", (double)wall / (double)n);
+    result_number("first_malloc_median_ns", (double)first[n / 2]);
+    result_number("first_malloc_p90_ns", (double)first[n * 9 / 10]);
+}
+
 /* ---- kernel table -------------------------------------------------------------------- */
 
 typedef struct kernel {
@@ -1026,6 +1082,7 @@ static const kernel kernels[] = {
     {"mt_churn", kernel_mt_churn, 4000000, true},
     {"prodcons", kernel_prodcons, 0, true},
     {"rss_threads", kernel_rss_threads, 0, true},
+    {"thread_life", kernel_thread_life, 2000, true},
 };
 
 /* ---- pymalloc-mt's checks ------------------------------------------------------------ */
