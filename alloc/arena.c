@@ -2,7 +2,8 @@
  * arena.c — where pools come from: arenas, their order, their reserve, and the arena map.
  *
  * An arena is PM_ARENA_SIZE bytes from the arena allocator (by default mmap, 16 arenas a
- * mapping, each unmapped on its own: see mmap_arena_alloc), cut into pools on demand:
+ * mapping, each unmapped on its own: see mmap_arena_alloc; with thread caches, after the
+ * pool lock is released: see Releasing), cut into pools on demand:
  * pools [0, carved) have been handed out at least once, the rest have never been touched.
  * Empty pools come back on the arena's free_pools list.
  *
