@@ -97,12 +97,12 @@ static uint64_t monotonic_ns(void) {
 }
 
 void pm_mutex_lock_spinning(pm_mutex *mutex, uint64_t spin_ns) PM_NO_THREAD_SAFETY_ANALYSIS {
-    if (pthread_mutex_trylock(&mutex->impl) == 0) return;
+    if (pm_mutex_trylock(mutex)) return;
     /* The clock is read once per round of PAUSEs (a vDSO call, ~20 ns), not per PAUSE. */
     uint64_t deadline = monotonic_ns() + spin_ns;
     do {
         for (unsigned i = 0; i < 16; i++) pm_cpu_relax();
-        if (pthread_mutex_trylock(&mutex->impl) == 0) return;
+        if (pm_mutex_trylock(mutex)) return;
     } while (monotonic_ns() < deadline);
     pm_mutex_lock(mutex);
 }

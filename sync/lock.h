@@ -38,8 +38,9 @@
  *   holders rarely keep them long: a sleeper is woken by the unlocking thread, and on a VM
  *   the scheduler often places the woken thread on its waker's CPU even when its own CPU
  *   is idle (seen with perf sched; presumably an idle vCPU, descheduled by the host, looks
- *   busy to the guest), which then leaves two threads sharing one CPU for milliseconds. The bound is in time, not iterations:
- *   PAUSE takes anywhere from ~10 to ~140 cycles depending on the microarchitecture.
+ *   busy to the guest), which then leaves two threads sharing one CPU for milliseconds.
+ *   The bound is in time, not iterations: PAUSE takes anywhere from ~10 to ~140 cycles
+ *   depending on the microarchitecture.
  *
  * pm_cond: pthread_cond_t created with CLOCK_MONOTONIC, so timeouts do not jump when the
  *   wall clock is set. It has no static initializer for that reason: call pm_cond_init.
