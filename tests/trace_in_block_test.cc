@@ -120,8 +120,8 @@ TEST_F(TraceInBlockTest, CallocZeroesAndReallocKeepsContentsAndRetraces) {
 }
 
 // realloc takes the old trace out before the new block counts, as with the table: the
-// peak never sees both (found by fuzz_trace). The peak is checked when the records' count
-// rises 16 KiB above the last check, so counting both blocks here would cross that line.
+// peak never sees both (found by fuzz_trace). The peak is checked every 16 KiB a thread
+// grows by, so the realloc here is what crosses that line.
 TEST_F(TraceInBlockTest, AMovingReallocNeverCountsBothBlocks) {
     GilScope gil;
     ASSERT_EQ(0, pm_trace_start(1));
