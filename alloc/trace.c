@@ -62,8 +62,6 @@
  * than 16 KiB since the last check: the peak reported is at most 16 KiB per allocating
  * thread below the true one, exact for a single block of 16 KiB or more, and a query
  * always folds in the current value. No shared counter is written on every allocation.
- * Records in blocks (below), all under the GIL, have one count of their own and one
- * trigger for its peak check instead (in_block_add), also within 16 KiB.
  *
  * Failure. A trace that cannot be stored (no tracer memory: tests inject it with
  * pm_trace_test_fail_memory) makes a fresh allocation fail: the block goes back to the
@@ -321,14 +319,10 @@ static size_t active_session;
 /* The next full session keeps records in blocks wherever it hooks pymalloc (set before its
  * hooks are installed, which reroutes the domains; cleared when they are taken out). */
 static int in_block_mode;
-/* Records in blocks of the session: the bytes they count, and the value past which a
- * malloc checks the peak (see in_block_add). Written under the GIL with a relaxed load and
- * store, read by anyone with a relaxed load. */
+/* Records in blocks of the session: their sizes and number. Written under the GIL with a
+ * relaxed load and store, read by anyone with a relaxed load. */
 static size_t in_block_current;
-static size_t in_block_peak_trigger = PEAK_CHECK_BYTES;
-/* Some pool has served the traced heap (give_marks ran): only then are there marks to zero
- * and records to count. Set under the GIL, in GIL mode only. */
-static int in_block_pools_exist;
+static size_t in_block_count;
 static int max_frames;        /* nframes of the session (relaxed) */
 static size_t sample_mean;    /* 0: trace everything; constant within a session */
 static size_t peak_bytes;
@@ -426,11 +420,9 @@ void pm_trace_test_fail_memory(int fail) {
     pm_atomic_store_int_relaxed(&fail_memory, fail);
 }
 
-static size_t records_in_blocks(void);
-
 size_t pm_trace_get_memory(void) {
     return pm_atomic_load_size_relaxed(&tracer_memory) +
-           records_in_blocks() * PM_TRACE_RECORD_BYTES;
+           pm_atomic_load_size_relaxed(&in_block_count) * PM_TRACE_RECORD_BYTES;
 }
 
 size_t pm_trace_lost_traces(void) {
@@ -1200,7 +1192,6 @@ static bool give_marks(pm_pool *pool) {
         marks_next += bytes;
     }
     pool->marks = marks;
-    pm_atomic_store_int_relaxed(&in_block_pools_exist, 1);
     return true;
 }
 
@@ -1235,42 +1226,12 @@ static void zero_marks_of(const pm_arena *arena, void *unused) {
     }
 }
 
-/* The in-block count's peak check, from in_block_add: the peak folds in every trace, and
- * the next check waits until the count has risen PEAK_CHECK_BYTES beyond this one. */
-__attribute__((noinline)) static void in_block_check_peak(size_t now) {
-    pm_atomic_store_size_relaxed(&in_block_peak_trigger, now + PEAK_CHECK_BYTES);
-    raise_peak(current_bytes());
-}
-
-/* Accounting of records in blocks; the GIL is held (they exist only in GIL mode without
- * thread caches). One count for all threads, so the peak check needs no thread-local
- * counter: each check sets the count that triggers the next one, PEAK_CHECK_BYTES higher.
- * Between checks the count stays at or below the trigger, and at the last check the peak
- * took in all traces, so the in-block part of the peak is at most PEAK_CHECK_BYTES below
- * the true one, as for a thread's table traces (note_growth). A free only subtracts: a
- * count, three instructions; the thread-local checks and a count of records that this
- * replaced cost 0.2-0.3x of the untraced step on trace_cost. */
-static inline void in_block_add(size_t bytes) {
-    size_t now = pm_atomic_load_size_relaxed(&in_block_current) + bytes;
-    pm_atomic_store_size_relaxed(&in_block_current, now);
-    if (__builtin_expect(now > pm_atomic_load_size_relaxed(&in_block_peak_trigger), 0)) {
-        in_block_check_peak(now);
-    }
-}
-
-static inline void in_block_sub(size_t bytes) {
+/* The GIL is held (records in blocks exist only in GIL mode without thread caches). */
+static inline void in_block_account(ptrdiff_t bytes, ptrdiff_t count) {
     pm_atomic_store_size_relaxed(&in_block_current,
-                                 pm_atomic_load_size_relaxed(&in_block_current) - bytes);
-}
-
-/* Blocks the traced heap has handed out and not got back, counting or not: each holds a
- * record. Walks the arenas under the GIL. */
-static void count_records_of(const pm_arena *arena, void *arg) {
-    size_t *records = arg;
-    for (uint32_t i = 0; i < arena->carved_pools; i++) {
-        const pm_pool *pool = &arena->pools[i];
-        if (pm_pool_owner(pool) == &pm_traced_heap) *records += pm_pool_used(pool);
-    }
+                                 pm_atomic_load_size_relaxed(&in_block_current) + (size_t)bytes);
+    pm_atomic_store_size_relaxed(&in_block_count,
+                                 pm_atomic_load_size_relaxed(&in_block_count) + (size_t)count);
 }
 
 /* Makes r (in pool, whose mark for it is *mark and zero) count `size` bytes with tb. */
@@ -1279,7 +1240,8 @@ static inline void in_block_trace(const pm_pool *pool, uint8_t *mark, in_block_r
     r->tb = tb;
     r->size = size;
     *mark = mark_for(pool, size);
-    in_block_add(size);
+    in_block_account((ptrdiff_t)size, 1);
+    note_growth(size);
 }
 
 /* `size` bytes (at most PM_TRACED_MAX_REQUEST) from the traced heap, the record {tb, size}
@@ -1311,7 +1273,10 @@ __attribute__((always_inline)) static inline void *place_in_block(const pm_trace
     /* The slack, at most 16 bytes: mark_for's common case, without its tests. */
     uint8_t mark = tb != NULL ? (uint8_t)(traced_usable_size(pool) - size + 1) : 0;
     pool->marks[block_index(pool, block)] = mark;
-    if (tb != NULL) in_block_add(size);
+    if (tb != NULL) {
+        in_block_account((ptrdiff_t)size, 1);
+        note_growth(size);
+    }
     return r + 1;
 }
 
@@ -1321,7 +1286,8 @@ static inline void in_block_untrace(const pm_pool *pool, uint8_t *mark, const in
     if (m == 0) return;
     *mark = 0;
     size_t size = marked_size(pool, m, r);
-    in_block_sub(size);
+    in_block_account(-(ptrdiff_t)size, -1);
+    note_shrink(size);
 }
 
 void pm_trace_free_in_block(pm_pool *pool, void *p) {
@@ -1364,15 +1330,6 @@ static bool hold_gil_for_records(void) PM_NO_THREAD_SAFETY_ANALYSIS {
 
 static void release_gil_for_records(bool taken) PM_NO_THREAD_SAFETY_ANALYSIS {
     if (taken) pm_gil_release();
-}
-
-static size_t records_in_blocks(void) {
-    if (!pm_atomic_load_int_relaxed(&in_block_pools_exist)) return 0;
-    bool gil_taken = hold_gil_for_records();
-    size_t records = 0;
-    pm_arena_for_each(count_records_of, &records);
-    release_gil_for_records(gil_taken);
-    return records;
 }
 
 /* ---- the hooks ------------------------------------------------------------------------- */
@@ -1538,7 +1495,7 @@ static void *realloc_pool_block(const hook_ctx *h, void *ptr, pm_pool *pool, siz
         /* ptr is untouched, record and all: it counts again if it counted before. */
         if (saved_mark != 0) {
             *mark = saved_mark;
-            in_block_add(marked_size(pool, saved_mark, old));
+            in_block_account((ptrdiff_t)marked_size(pool, saved_mark, old), 1);
         }
         return NULL;
     }
@@ -1807,9 +1764,9 @@ pm_trace_frame pm_trace_symbolize(pm_trace_frame frame) {
  * in blocks are left where they are: their session has ended, so they no longer count
  * (the caller holds the GIL, or is a fork's child, alone). */
 static void reset_tables(bool release_memory) PM_REQUIRES(control) {
-    if (pm_atomic_load_int_relaxed(&in_block_pools_exist)) pm_arena_for_each(zero_marks_of, NULL);
+    if (pm_atomic_load_size_relaxed(&in_block_count) != 0) pm_arena_for_each(zero_marks_of, NULL);
     pm_atomic_store_size_relaxed(&in_block_current, 0);
-    pm_atomic_store_size_relaxed(&in_block_peak_trigger, PEAK_CHECK_BYTES);
+    pm_atomic_store_size_relaxed(&in_block_count, 0);
     for (size_t i = 0; i < TRACE_SHARDS; i++) {
         trace_shard *s = &trace_shards[i];
         pm_spinlock_lock(&s->lock);
@@ -2085,8 +2042,6 @@ void pm_trace_get_traced_memory(size_t *current, size_t *peak) {
 void pm_trace_reset_peak(void) {
     if (!pm_trace_is_tracing()) return;
     tls.peak_growth = 0;
-    pm_atomic_store_size_relaxed(&in_block_peak_trigger,
-                                 pm_atomic_load_size_relaxed(&in_block_current) + PEAK_CHECK_BYTES);
     pm_atomic_store_size_relaxed(&peak_bytes, current_bytes());
 }
 
