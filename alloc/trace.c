@@ -57,11 +57,19 @@
  *
  * Counters. Each shard keeps its traced bytes under its lock, so current (their sum) is
  * exact when threads are quiet. Peak: each thread counts how far its own traced bytes
- * have risen since its last peak check, clamped at 0 when it frees; past 16 KiB it sums
- * the shards and raises the peak (a CAS). So at the true peak every thread had risen less
- * than 16 KiB since the last check: the peak reported is at most 16 KiB per allocating
- * thread below the true one, exact for a single block of 16 KiB or more, and a query
- * always folds in the current value. No shared counter is written on every allocation.
+ * have risen since its last peak check, clamped at 0 when it frees; past 8 KiB it sums
+ * the shards and raises the peak (a CAS). Records in blocks (below), all under the GIL,
+ * have one such accumulator for all threads: their count, and a trigger 8 KiB above the
+ * lowest the count has been since its last check (in_block_add). Why the bound is the sum
+ * of the accumulators' limits: at the true peak, take the latest check of any of them;
+ * it folded in every trace, and since then each accumulator's part has risen by at most
+ * its own rise since its own (earlier or same) check, which is less than 8 KiB. So the peak
+ * reported is at most 8 KiB per allocating thread plus 8 KiB for the records below the
+ * true one (16 KiB per thread at most), exact for a single block of 8 KiB or more, and a
+ * query always folds in the current value. No shared counter is written on every
+ * allocation outside the GIL. (Two accumulators that do not follow their lows, such as
+ * a trigger only ever set at checks, are not bounded at all: one part may fall while the
+ * other rises and is checked, then rise again unseen. fuzz_trace found that.)
  *
  * Failure. A trace that cannot be stored (no tracer memory: tests inject it with
  * pm_trace_test_fail_memory) makes a fresh allocation fail: the block goes back to the
@@ -149,7 +157,10 @@
  *
  * Cost (tools/bench/trace_cost.c: object-domain churn over 100,000 live blocks, -O2; a
  * 2-core machine shared with other builds, ratios moving by 0.5 between runs; instruction
- * counts from callgrind). With pool headers out of the pools the untraced step takes 33-38
+ * counts from callgrind). Every "+N instructions" below until the correction at the end
+ * is 47 too low: it took as the untraced step a count that included the benchmark's
+ * drawing of its inputs (47 a step); the untraced step is 64 instructions, 44 of them the
+ * allocator's. With pool headers out of the pools the untraced step takes 33-38
  * ns and 119 instructions (now 28-35 ns and 108). Any hook at all cost 1.35-1.45x (+28
  * instructions, +14-19 ns a step; now 1.6-1.8x and +100 instructions, through the bypass
  * route's slow path), because pymalloc's inline paths are bypassed while one is installed.
@@ -175,6 +186,12 @@
  * traceback cache (~50 instructions), the route, record and mark (~85), free's (~55; ~43
  * since free reaches us through a dispatch without register saves, +178 in all, no change
  * in time measurable here): a step too long to overlap its misses with the next one's.
+ * Corrected counts: the untraced step 64 instructions, a pass-through hook +148, full
+ * tracing +225; one GIL-protected count for the records' bytes with a peak trigger
+ * (in_block_add), instead of a record count and per-thread growth counters, made it +211
+ * and 2.73x -> 2.59x (medians of 41 interleaved runs); the trigger's following the count
+ * down on free, which its bound needs, made it +216. README's Tracing section lists what
+ * taking parts out showed and what reaching 2x would take.
  * trace_cost --decref reads each block before its free, as a runtime's decref does: the
  * untraced step grows by ~20 ns, the traced one by ~90 (3.4-3.7x, before the cheaper
  * cache). With the table, full tracing with one
@@ -230,7 +247,9 @@
 #define TRACE_TABLE_MIN 128 /* slots: 3 KiB, the first page of a shard's table */
 #define TB_TABLE_MIN 256
 #define TB_CHUNK (64 * 1024)
-#define PEAK_CHECK_BYTES ((size_t)16 * 1024)
+/* Each accumulator of growth (a thread's table traces; the records in blocks) checks the
+ * peak when it has risen this far; the peak may miss their sum (see Counters). */
+#define PEAK_CHECK_BYTES ((size_t)8 * 1024)
 #define FILTER_PER_SHARD 256 /* a multiple of 64: a shard's bits fill whole words */
 #define SAMPLED_FLAG ((size_t)1 << 63)
 #define MAX_SKIP 32 /* native frames a calibration may skip */
@@ -319,10 +338,14 @@ static size_t active_session;
 /* The next full session keeps records in blocks wherever it hooks pymalloc (set before its
  * hooks are installed, which reroutes the domains; cleared when they are taken out). */
 static int in_block_mode;
-/* Records in blocks of the session: their sizes and number. Written under the GIL with a
- * relaxed load and store, read by anyone with a relaxed load. */
+/* Records in blocks of the session: the bytes they count, and the value past which a
+ * malloc checks the peak (see in_block_add). Written under the GIL with a relaxed load and
+ * store, read by anyone with a relaxed load. */
 static size_t in_block_current;
-static size_t in_block_count;
+static size_t in_block_peak_trigger = PEAK_CHECK_BYTES;
+/* Some pool has served the traced heap (give_marks ran): only then are there marks to zero
+ * and records to count. Set under the GIL, in GIL mode only. */
+static int in_block_pools_exist;
 static int max_frames;        /* nframes of the session (relaxed) */
 static size_t sample_mean;    /* 0: trace everything; constant within a session */
 static size_t peak_bytes;
@@ -420,9 +443,11 @@ void pm_trace_test_fail_memory(int fail) {
     pm_atomic_store_int_relaxed(&fail_memory, fail);
 }
 
+static size_t records_in_blocks(void);
+
 size_t pm_trace_get_memory(void) {
     return pm_atomic_load_size_relaxed(&tracer_memory) +
-           pm_atomic_load_size_relaxed(&in_block_count) * PM_TRACE_RECORD_BYTES;
+           records_in_blocks() * PM_TRACE_RECORD_BYTES;
 }
 
 size_t pm_trace_lost_traces(void) {
@@ -1192,6 +1217,7 @@ static bool give_marks(pm_pool *pool) {
         marks_next += bytes;
     }
     pool->marks = marks;
+    pm_atomic_store_int_relaxed(&in_block_pools_exist, 1);
     return true;
 }
 
@@ -1226,12 +1252,47 @@ static void zero_marks_of(const pm_arena *arena, void *unused) {
     }
 }
 
-/* The GIL is held (records in blocks exist only in GIL mode without thread caches). */
-static inline void in_block_account(ptrdiff_t bytes, ptrdiff_t count) {
-    pm_atomic_store_size_relaxed(&in_block_current,
-                                 pm_atomic_load_size_relaxed(&in_block_current) + (size_t)bytes);
-    pm_atomic_store_size_relaxed(&in_block_count,
-                                 pm_atomic_load_size_relaxed(&in_block_count) + (size_t)count);
+/* The in-block count's peak check, from in_block_add: the peak folds in every trace, and
+ * the next check waits until the count has risen PEAK_CHECK_BYTES beyond its lowest since
+ * this one (in_block_sub lowers the trigger). */
+__attribute__((noinline)) static void in_block_check_peak(size_t now) {
+    pm_atomic_store_size_relaxed(&in_block_peak_trigger, now + PEAK_CHECK_BYTES);
+    raise_peak(current_bytes());
+}
+
+/* Accounting of records in blocks; the GIL is held (they exist only in GIL mode without
+ * thread caches). One count for all threads, so the peak check needs no thread-local
+ * counter. The trigger is PEAK_CHECK_BYTES above the lowest the count has been since the
+ * last check: a check sets it above the count, and a free lowers it with the count. So it
+ * is note_growth's clamped counter, kept as the value that sets it off, and has the same
+ * bound (see Counters). A trigger that a free did not lower would leave the peak unbounded
+ * once table traces mix in (fuzz_trace found that). The thread-local counter and a count
+ * of records that this replaced cost 0.2-0.3x of the untraced step on trace_cost. */
+static inline void in_block_add(size_t bytes) {
+    size_t now = pm_atomic_load_size_relaxed(&in_block_current) + bytes;
+    pm_atomic_store_size_relaxed(&in_block_current, now);
+    if (__builtin_expect(now >= pm_atomic_load_size_relaxed(&in_block_peak_trigger), 0)) {
+        in_block_check_peak(now);
+    }
+}
+
+static inline void in_block_sub(size_t bytes) {
+    size_t now = pm_atomic_load_size_relaxed(&in_block_current) - bytes;
+    pm_atomic_store_size_relaxed(&in_block_current, now);
+    size_t lowered = now + PEAK_CHECK_BYTES;
+    if (lowered < pm_atomic_load_size_relaxed(&in_block_peak_trigger)) {
+        pm_atomic_store_size_relaxed(&in_block_peak_trigger, lowered);
+    }
+}
+
+/* Blocks the traced heap has handed out and not got back, counting or not: each holds a
+ * record. Walks the arenas under the GIL. */
+static void count_records_of(const pm_arena *arena, void *arg) {
+    size_t *records = arg;
+    for (uint32_t i = 0; i < arena->carved_pools; i++) {
+        const pm_pool *pool = &arena->pools[i];
+        if (pm_pool_owner(pool) == &pm_traced_heap) *records += pm_pool_used(pool);
+    }
 }
 
 /* Makes r (in pool, whose mark for it is *mark and zero) count `size` bytes with tb. */
@@ -1240,8 +1301,7 @@ static inline void in_block_trace(const pm_pool *pool, uint8_t *mark, in_block_r
     r->tb = tb;
     r->size = size;
     *mark = mark_for(pool, size);
-    in_block_account((ptrdiff_t)size, 1);
-    note_growth(size);
+    in_block_add(size);
 }
 
 /* `size` bytes (at most PM_TRACED_MAX_REQUEST) from the traced heap, the record {tb, size}
@@ -1273,10 +1333,7 @@ __attribute__((always_inline)) static inline void *place_in_block(const pm_trace
     /* The slack, at most 16 bytes: mark_for's common case, without its tests. */
     uint8_t mark = tb != NULL ? (uint8_t)(traced_usable_size(pool) - size + 1) : 0;
     pool->marks[block_index(pool, block)] = mark;
-    if (tb != NULL) {
-        in_block_account((ptrdiff_t)size, 1);
-        note_growth(size);
-    }
+    if (tb != NULL) in_block_add(size);
     return r + 1;
 }
 
@@ -1286,8 +1343,7 @@ static inline void in_block_untrace(const pm_pool *pool, uint8_t *mark, const in
     if (m == 0) return;
     *mark = 0;
     size_t size = marked_size(pool, m, r);
-    in_block_account(-(ptrdiff_t)size, -1);
-    note_shrink(size);
+    in_block_sub(size);
 }
 
 void pm_trace_free_in_block(pm_pool *pool, void *p) {
@@ -1330,6 +1386,15 @@ static bool hold_gil_for_records(void) PM_NO_THREAD_SAFETY_ANALYSIS {
 
 static void release_gil_for_records(bool taken) PM_NO_THREAD_SAFETY_ANALYSIS {
     if (taken) pm_gil_release();
+}
+
+static size_t records_in_blocks(void) {
+    if (!pm_atomic_load_int_relaxed(&in_block_pools_exist)) return 0;
+    bool gil_taken = hold_gil_for_records();
+    size_t records = 0;
+    pm_arena_for_each(count_records_of, &records);
+    release_gil_for_records(gil_taken);
+    return records;
 }
 
 /* ---- the hooks ------------------------------------------------------------------------- */
@@ -1495,7 +1560,7 @@ static void *realloc_pool_block(const hook_ctx *h, void *ptr, pm_pool *pool, siz
         /* ptr is untouched, record and all: it counts again if it counted before. */
         if (saved_mark != 0) {
             *mark = saved_mark;
-            in_block_account((ptrdiff_t)marked_size(pool, saved_mark, old), 1);
+            in_block_add(marked_size(pool, saved_mark, old));
         }
         return NULL;
     }
@@ -1764,9 +1829,9 @@ pm_trace_frame pm_trace_symbolize(pm_trace_frame frame) {
  * in blocks are left where they are: their session has ended, so they no longer count
  * (the caller holds the GIL, or is a fork's child, alone). */
 static void reset_tables(bool release_memory) PM_REQUIRES(control) {
-    if (pm_atomic_load_size_relaxed(&in_block_count) != 0) pm_arena_for_each(zero_marks_of, NULL);
+    if (pm_atomic_load_int_relaxed(&in_block_pools_exist)) pm_arena_for_each(zero_marks_of, NULL);
     pm_atomic_store_size_relaxed(&in_block_current, 0);
-    pm_atomic_store_size_relaxed(&in_block_count, 0);
+    pm_atomic_store_size_relaxed(&in_block_peak_trigger, PEAK_CHECK_BYTES);
     for (size_t i = 0; i < TRACE_SHARDS; i++) {
         trace_shard *s = &trace_shards[i];
         pm_spinlock_lock(&s->lock);
@@ -2042,6 +2107,8 @@ void pm_trace_get_traced_memory(size_t *current, size_t *peak) {
 void pm_trace_reset_peak(void) {
     if (!pm_trace_is_tracing()) return;
     tls.peak_growth = 0;
+    pm_atomic_store_size_relaxed(&in_block_peak_trigger,
+                                 pm_atomic_load_size_relaxed(&in_block_current) + PEAK_CHECK_BYTES);
     pm_atomic_store_size_relaxed(&peak_bytes, current_bytes());
 }
 
