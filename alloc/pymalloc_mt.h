@@ -354,8 +354,9 @@ PM_API int pm_trace_set_frame_provider(pm_trace_frame_provider fn, void *ctx);
  * -1 with errno = EINVAL (nframes outside 1..65535), EBUSY (tracing in sampling mode), or
  * ENOMEM (no memory for a hook).
  *
- * In GIL mode without thread caches, a mem or object block of up to 496 bytes traced by
- * such a session is 16 bytes larger than asked (the trace lives in it, see alloc/trace.c);
+ * In GIL mode without thread caches, a mem or object block of up to 480 bytes traced by
+ * such a session is 16 bytes larger than asked (the trace lives in it, see alloc/trace.c),
+ * and one of 481 to 512 bytes is a 512-byte block (its trace lives beside its pool);
  * and pm_trace_stop, pm_trace_clear_traces, snapshots, and track/untrack of such a block
  * take the GIL when the calling thread does not hold it. */
 PM_API int pm_trace_start(int nframes) PM_GIL_REQUIRED;

@@ -120,14 +120,16 @@
  *
  * Records in blocks. A table costs a full session two cache misses a step (see Cost), so
  * while a full session's hook sits directly over pymalloc in mem or object, in GIL mode
- * without thread caches, the trace of a block of up to 496 bytes lives in the block:
+ * without thread caches, the trace of a block of up to 480 bytes lives in the block:
  *
  *   traced heap block:  [ record: tb | size ][ the caller's bytes ... ]
  *                         16 bytes           ^ what malloc returns
  *   its pool's marks:   [ .. | mark | .. ]   a byte a block: counted? and the size
  *
  * The block comes from pm_traced_heap, a heap of its own (alloc/internal/pymalloc.h), one
- * class up (n + 16 bytes; 0 bytes take 1, so that the pointer stays inside its pool). The
+ * class up (n + 16 bytes; 0 bytes take 1, so that the pointer stays inside its pool).
+ * 481-512 bytes take the largest class, whose pools keep the records beside them (see
+ * Records beside) and hand out the block itself. The
  * domain's route names pm_traced_route_heap, so malloc's slow path calls
  * pm_trace_route_malloc, which captures the traceback first (a trace that cannot be stored
  * then costs no block) and writes the record and the block's mark. Free needs no hook: a
@@ -135,8 +137,8 @@
  * to pm_trace_free_in_block, which takes the block's size out of the count if its mark
  * says it counts; it reads the mark, not the record (see Marks, below). So:
  *   - blocks allocated before start are main heap blocks, freed as before; and no block
- *     of the main heap's pools is traced (what is too large for a record comes from the
- *     raw domain, hook_ctx.sampled, traced in the table), so free's fast path may skip us
+ *     of the main heap's pools is traced (more than 512 bytes come from the raw domain,
+ *     hook_ctx.sampled, traced in the table), so free's fast path may skip us
  *     (as while sampling, a block from before start tracked by hand in mem or object is
  *     then not untracked by its free);
  *   - clear and stop renew or end the session and zero the marks: records left behind stop
@@ -190,8 +192,11 @@
  * tracing +225; one GIL-protected count for the records' bytes with a peak trigger
  * (in_block_add), instead of a record count and per-thread growth counters, made it +211
  * and 2.73x -> 2.59x (medians of 41 interleaved runs); the trigger's following the count
- * down on free, which its bound needs, made it +216. README's Tracing section lists what
- * taking parts out showed and what reaching 2x would take.
+ * down on free, which its bound needs, made it +216. Records beside for 481-512 bytes,
+ * which had gone to the table, made it +204 and 2.52x -> 2.40x (medians of 41 interleaved
+ * runs); skipping the traceback cache altogether (a fixed traceback, the provider still
+ * called) took only 0.07x more off. README's Tracing section lists what taking parts out
+ * showed and what reaching 2x would take.
  * trace_cost --decref reads each block before its free, as a runtime's decref does: the
  * untraced step grows by ~20 ns, the traced one by ~90 (3.4-3.7x, before the cheaper
  * cache). With the table, full tracing with one
@@ -1134,18 +1139,32 @@ _Static_assert(sizeof(in_block_record) == PM_TRACE_RECORD_BYTES,
  *   1..254          counted; the size is the block's usable size less (mark - 1)
  *   MARK_IN_RECORD  counted; the size is the record's (a tracked size the slack cannot say)
  *
- * A malloc's slack is at most 16 bytes (0 bytes take a 16-byte slot), so its mark always
- * says the size. Marks are nonzero only for live blocks counted in the active session:
- * free and untrack zero them, and reset_tables zeroes every pool's when a session ends or
- * is cleared. A pool gets marks for its class's blocks (a power of two from 64 to 1,024
- * bytes) with its first traced block, and gives them back, all zero, when it goes back to
- * its arena (pm_trace_pool_leaves_traced_heap); they are kept for the next pool on free
- * lists, one a size, and never go back to the OS. */
+ * A malloc's slack is at most 32 bytes (0 bytes take a 16-byte slot; the class whose
+ * records sit beside serves 481 to 512 bytes), so its mark always says the size. Marks are
+ * nonzero only for live blocks counted in the active session: free and untrack zero them,
+ * and reset_tables zeroes every pool's when a session ends or is cleared. A pool gets
+ * marks for its class's blocks with its first traced block (a power of two from 64 bytes
+ * up, that holds them; in the class whose records sit beside, the records follow the marks,
+ * see record_beside), and gives them back, all zero, when it goes back to its arena
+ * (pm_trace_pool_leaves_traced_heap); they are kept for the next pool on free lists, one a
+ * size, and never go back to the OS. */
 #define MARK_IN_RECORD 0xFF
-#define MARK_BUCKETS 5 /* 64 << 0 .. 64 << 4 bytes: traced blocks are >= 32 bytes */
+#define MARK_BUCKETS 7 /* 64 << 0 .. 64 << 6 bytes */
 #define MARK_CHUNK_BYTES ((size_t)64 << 10)
-_Static_assert(PM_POOL_SIZE / (2 * PM_ALIGNMENT) <= (size_t)64 << (MARK_BUCKETS - 1),
-               "the largest bucket holds the marks of the smallest traced class");
+
+/* Records beside. The largest class has no room for a record in front of more than
+ * PM_TRACED_MAX_IN_BLOCK bytes, so its traced pools keep their records in an array after
+ * their marks, a record a block, and hand out the block itself. Without them, requests of
+ * 497-512 bytes would go to the raw domain and the table (0.2-0.3x of the untraced step on
+ * trace_cost). The array is written on malloc and read only for a snapshot, a tracked size
+ * (MARK_IN_RECORD) or a lookup: free reads the mark, as elsewhere. */
+#define BESIDE_CAPACITY (PM_POOL_SIZE / PM_SMALL_REQUEST_THRESHOLD)
+#define BESIDE_MARKS_BYTES ((BESIDE_CAPACITY + 15) & ~(size_t)15)
+#define BESIDE_BYTES (BESIDE_MARKS_BYTES + BESIDE_CAPACITY * PM_TRACE_RECORD_BYTES)
+_Static_assert(PM_POOL_SIZE / (2 * PM_ALIGNMENT) <= (size_t)64 << (MARK_BUCKETS - 1) &&
+                   BESIDE_BYTES <= (size_t)64 << (MARK_BUCKETS - 1),
+               "the largest bucket holds the marks of the smallest traced class, and the "
+               "marks and records of the class whose records sit beside");
 
 /* The index of a block in its pool: offset / block size, as a multiplication by
  * 2^32 / (size / 16) rounded up, exact for every offset in a pool (offset / 16 < 2^12,
@@ -1187,10 +1206,24 @@ static uint8_t *pop_spare_marks(unsigned bucket) {
 }
 
 static unsigned marks_bucket(unsigned size_class) {
-    size_t blocks = pm_class_capacity(size_class);
+    size_t bytes = size_class == PM_TRACED_CLASS_BESIDE ? BESIDE_BYTES
+                                                        : pm_class_capacity(size_class);
     unsigned bucket = 0;
-    while (((size_t)64 << bucket) < blocks) bucket++;
+    while (((size_t)64 << bucket) < bytes) bucket++;
     return bucket;
+}
+
+/* The record of the block at `index` of `pool`, a pool of the class whose records sit
+ * beside. */
+static inline in_block_record *record_beside(const pm_pool *pool, size_t index) {
+    return (in_block_record *)(void *)(pool->marks + BESIDE_MARKS_BYTES) + index;
+}
+
+/* The record of the block at `index` of `pool`, a traced heap's pool with marks, whose
+ * caller's pointer is p. */
+static inline in_block_record *record_of(const pm_pool *pool, const void *p, size_t index) {
+    return pm_traced_pool_records_in_block(pool) ? (in_block_record *)(uintptr_t)p - 1
+                                                 : record_beside(pool, index);
 }
 
 /* Gives a pool that has none marks for its class, all zero; false when there is no memory. */
@@ -1224,15 +1257,28 @@ static bool give_marks(pm_pool *pool) {
 void pm_trace_pool_leaves_traced_heap(pm_pool *pool) {
     uint8_t *marks = pool->marks;
     if (marks == NULL) return;
+    /* Spare marks are all zero but their link: the records go too. */
+    if (!pm_traced_pool_records_in_block(pool)) {
+        memset(marks + BESIDE_MARKS_BYTES, 0, BESIDE_BYTES - BESIDE_MARKS_BYTES);
+    }
     push_spare_marks(marks_bucket(pool->size_class), marks);
     pool->marks = NULL;
 }
 
-/* The block less its record: one class down (PM_TRACE_RECORD_BYTES is one class). */
+/* The caller's bytes of a traced heap's block: the block less its record, one class down
+ * (PM_TRACE_RECORD_BYTES is one class), or all of it where the records sit beside. */
 static inline size_t traced_usable_size(const pm_pool *pool) {
-    return (size_t)pool->size_class << PM_ALIGNMENT_SHIFT;
+    size_t below = (size_t)pool->size_class << PM_ALIGNMENT_SHIFT;
+    return pm_traced_pool_records_in_block(pool) ? below : below + PM_TRACE_RECORD_BYTES;
 }
-_Static_assert(PM_TRACE_RECORD_BYTES == PM_ALIGNMENT, "traced_usable_size");
+
+/* The traced heap's class for a request of `size` bytes, at most PM_TRACED_MAX_REQUEST: one
+ * up for the record in front (0 bytes take 1, so that the caller's pointer stays inside
+ * the block, where the arena map finds its pool), or the class whose records sit beside. */
+static inline size_t traced_class(size_t size) {
+    return size > PM_TRACED_MAX_IN_BLOCK ? PM_TRACED_CLASS_BESIDE
+                                         : pm_size_class((size != 0 ? size : 1) + PM_TRACE_RECORD_BYTES);
+}
 
 static inline uint8_t mark_for(const pm_pool *pool, size_t size) {
     size_t usable = traced_usable_size(pool);
@@ -1291,7 +1337,10 @@ static void count_records_of(const pm_arena *arena, void *arg) {
     size_t *records = arg;
     for (uint32_t i = 0; i < arena->carved_pools; i++) {
         const pm_pool *pool = &arena->pools[i];
-        if (pm_pool_owner(pool) == &pm_traced_heap) *records += pm_pool_used(pool);
+        /* Records beside are in the marks' memory, which tracer_memory counts. */
+        if (pm_pool_owner(pool) == &pm_traced_heap && pm_traced_pool_records_in_block(pool)) {
+            *records += pm_pool_used(pool);
+        }
     }
 }
 
@@ -1304,21 +1353,18 @@ static inline void in_block_trace(const pm_pool *pool, uint8_t *mark, in_block_r
     in_block_add(size);
 }
 
-/* `size` bytes (at most PM_TRACED_MAX_REQUEST) from the traced heap, the record {tb, size}
- * in front of them; tb NULL: untraced. NULL when pymalloc has no memory, or no marks can be
- * had for a new pool. */
-__attribute__((always_inline)) static inline void *place_in_block(const pm_trace_tb *tb,
-                                                                  size_t size) {
-    /* 0 bytes take 1: the caller's pointer must lie inside the block, where the arena map
-     * finds the block's pool (after a 16-byte block it could be in the next pool). */
-    size_t block_size = (size != 0 ? size : 1) + PM_TRACE_RECORD_BYTES;
-    pm_pool *pool = pm_traced_heap.used[pm_size_class(block_size)];
+/* A block of `size_class` from the traced heap, and its pool, which has marks; NULL when
+ * pymalloc has no memory, or no marks can be had for a new pool. */
+__attribute__((always_inline)) static inline pm_block *take_traced_block(size_t size_class,
+                                                                         pm_pool **pool_out) {
+    pm_pool *pool = pm_traced_heap.used[size_class];
     pm_block *block = pool->free;
     if (__builtin_expect(block != NULL, 1)) {
         /* A pool on the traced heap's list has served it before: it has marks. */
         pm_pool_take(pool, block);
     } else {
-        block = pm_pymalloc_malloc_slow(block_size, &pm_traced_heap, PM_ROUTE_PYMALLOC);
+        block = pm_pymalloc_malloc_slow(pm_class_block_size((unsigned)size_class),
+                                        &pm_traced_heap, PM_ROUTE_PYMALLOC);
         if (block == NULL) return NULL;
         pool = pm_pool_of(block);
         if (pool->marks == NULL && !give_marks(pool)) {
@@ -1327,11 +1373,41 @@ __attribute__((always_inline)) static inline void *place_in_block(const pm_trace
             return NULL;
         }
     }
+    *pool_out = pool;
+    return block;
+}
+
+/* place_in_block for PM_TRACED_MAX_IN_BLOCK < size <= PM_TRACED_MAX_REQUEST: the block
+ * itself, its record beside. Apart, so that the common path keeps one test for it. */
+__attribute__((noinline)) static void *place_beside(const pm_trace_tb *tb, size_t size) {
+    pm_pool *pool;
+    pm_block *block = take_traced_block(PM_TRACED_CLASS_BESIDE, &pool);
+    if (block == NULL) return NULL;
+    size_t index = block_index(pool, block);
+    in_block_record *r = record_beside(pool, index);
+    r->tb = tb;
+    r->size = size;
+    pool->marks[index] = tb != NULL ? mark_for(pool, size) : 0;
+    if (tb != NULL) in_block_add(size);
+    return block;
+}
+
+/* `size` bytes (at most PM_TRACED_MAX_REQUEST) from the traced heap, with the record
+ * {tb, size} in front of them or beside; tb NULL: untraced. NULL when pymalloc has no
+ * memory, or no marks can be had for a new pool. */
+__attribute__((always_inline)) static inline void *place_in_block(const pm_trace_tb *tb,
+                                                                  size_t size) {
+    if (__builtin_expect(size > PM_TRACED_MAX_IN_BLOCK, 0)) return place_beside(tb, size);
+    pm_pool *pool;
+    pm_block *block = take_traced_block(traced_class(size), &pool);
+    if (block == NULL) return NULL;
     in_block_record *r = (in_block_record *)(void *)block;
     r->tb = tb;
     r->size = size;
     /* The slack, at most 16 bytes: mark_for's common case, without its tests. */
-    uint8_t mark = tb != NULL ? (uint8_t)(traced_usable_size(pool) - size + 1) : 0;
+    uint8_t mark = tb != NULL ? (uint8_t)(((size_t)pool->size_class << PM_ALIGNMENT_SHIFT) -
+                                          size + 1)
+                              : 0;
     pool->marks[block_index(pool, block)] = mark;
     if (tb != NULL) in_block_add(size);
     return r + 1;
@@ -1341,12 +1417,24 @@ __attribute__((always_inline)) static inline void *place_in_block(const pm_trace
 static inline void in_block_untrace(const pm_pool *pool, uint8_t *mark, const in_block_record *r) {
     uint8_t m = *mark;
     if (m == 0) return;
-    *mark = 0;
+    /* Before the store, through which the compiler would reload the pool's class. */
     size_t size = marked_size(pool, m, r);
+    *mark = 0;
     in_block_sub(size);
 }
 
+/* pm_trace_free_in_block in the class whose records sit beside: p is the block. */
+__attribute__((noinline)) static void free_beside(pm_pool *pool, void *p) {
+    size_t index = block_index(pool, p);
+    in_block_untrace(pool, &pool->marks[index], record_beside(pool, index));
+    pm_pool_free_block(pool, p);
+}
+
 void pm_trace_free_in_block(pm_pool *pool, void *p) {
+    if (__builtin_expect(!pm_traced_pool_records_in_block(pool), 0)) {
+        free_beside(pool, p);
+        return;
+    }
     pm_block *block = (pm_block *)(void *)((in_block_record *)p - 1);
     uint8_t *mark = &pool->marks[block_index(pool, block)];
     in_block_untrace(pool, mark, (const in_block_record *)(void *)block);
@@ -1360,11 +1448,12 @@ static in_block_record *in_block_record_of(const void *p, pm_pool **pool_out, ui
     pm_pool *pool = pm_pool_of(p);
     if (pool == NULL || pm_pool_owner(pool) != &pm_traced_heap || pool->marks == NULL) return NULL;
     size_t offset = (uintptr_t)p - pool->memory;
-    if (offset % pm_class_block_size(pool->size_class) != PM_TRACE_RECORD_BYTES) return NULL;
-    in_block_record *r = (in_block_record *)(uintptr_t)p - 1;
+    size_t in_front = pm_traced_pool_records_in_block(pool) ? PM_TRACE_RECORD_BYTES : 0;
+    if (offset % pm_class_block_size(pool->size_class) != in_front) return NULL;
+    size_t index = block_index(pool, p);
     *pool_out = pool;
-    *mark_out = &pool->marks[block_index(pool, r)];
-    return r;
+    *mark_out = &pool->marks[index];
+    return record_of(pool, p, index);
 }
 
 /* The traceback of p's record if it is traced in the active session. */
@@ -1528,11 +1617,13 @@ static void *realloc_pool_block(const hook_ctx *h, void *ptr, pm_pool *pool, siz
     in_block_record *old = NULL;
     uint8_t *mark = NULL;
     if (pm_pool_owner(pool) == &pm_traced_heap) {
-        old = (in_block_record *)ptr - 1;
-        mark = &pool->marks[block_index(pool, old)];
+        size_t index = block_index(pool, ptr);
+        old = record_of(pool, ptr, index);
+        mark = &pool->marks[index];
     }
     size_t usable = pm_pool_usable_size(pool);
-    if (old != NULL && new_size <= usable && new_size + PM_TRACE_RECORD_BYTES > usable) {
+    if (old != NULL && new_size <= PM_TRACED_MAX_REQUEST &&
+        traced_class(new_size) == pool->size_class) {
         in_block_untrace(pool, mark, old); /* same class: a new record in place */
         if (tb != NULL) in_block_trace(pool, mark, old, tb, new_size);
         return ptr;
@@ -2153,7 +2244,10 @@ static void visit_arena_records(const pm_arena *arena, void *arg) {
             if (free_blocks[index / 64] >> (index % 64) & 1) continue;
             uint8_t mark = pool->marks[index];
             if (mark != 0) {
-                const in_block_record *r = (const in_block_record *)(pool->memory + index * size);
+                const in_block_record *r =
+                    pm_traced_pool_records_in_block(pool)
+                        ? (const in_block_record *)(pool->memory + index * size)
+                        : record_beside(pool, index);
                 walk->result = walk->visit(walk->ctx, r->tb, marked_size(pool, mark, r));
             }
         }

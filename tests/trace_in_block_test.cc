@@ -1,6 +1,8 @@
 // tests/trace_in_block_test.cc — records in blocks (alloc/trace.c): while a session traces
-// every call of the mem and object domains over pymalloc in GIL mode, a block of up to 496
-// bytes comes from the traced heap with its trace in its first 16 bytes. What users rely on
+// every call of the mem and object domains over pymalloc in GIL mode, a block of up to 480
+// bytes comes from the traced heap with its trace in its first 16 bytes, and one of 481 to
+// 512 bytes from the traced heap's largest class, whose records sit beside its pools. What
+// users rely on
 // is unchanged: exact current bytes, tracebacks, snapshots, track/untrack, realloc that keeps
 // contents, clear and stop, allocation failure; and the heap stays
 // consistent whatever the session does. White-box where it matters: which heap served a
@@ -45,10 +47,37 @@ void ExpectHeapConsistent() PM_GIL_REQUIRED {
     EXPECT_EQ(nullptr, problem) << problem;
 }
 
+// One link of a chain of reallocs in the object domain: p, whose first `kept` bytes are
+// (uint8_t)index, to `size` bytes from line `line` of realloc.py. Checks that the bytes up
+// to the smaller size are kept and that the trace follows (the size counted, the line),
+// then writes the pattern into the rest. Returns the new block (p if the realloc failed).
+uint8_t *ReallocKeepingContents(uint8_t *p, size_t kept, size_t size, long line)
+    PM_GIL_REQUIRED {
+    Frame frame("realloc.py", line);
+    auto *q = static_cast<uint8_t *>(pm_obj_realloc(p, size));
+    EXPECT_NE(nullptr, q) << size;
+    if (q == nullptr) return p;
+    size_t common = kept < size ? kept : size;
+    for (size_t j = 0; j < common; j++) {
+        if (q[j] != (uint8_t)j) {
+            ADD_FAILURE() << "byte " << j << " lost by a realloc to " << size;
+            break;
+        }
+    }
+    for (size_t j = common; j < size; j++) q[j] = (uint8_t)j;
+    EXPECT_EQ(size, Current()) << size;
+    EXPECT_EQ(line, TracedLine(PM_DOMAIN_OBJ, q)) << size;
+    return q;
+}
+
+// Up to 480 bytes, the record is in front of the caller's bytes; 481 to 512 leave no room
+// for it in the largest class, whose pools hand out the block itself and keep the records
+// beside. Larger blocks come from the raw domain, traced in the table.
 TEST_F(TraceInBlockTest, SmallBlocksCarryTheirTraceAndLargeOnesDoNot) {
     GilScope gil;
     ASSERT_EQ(0, pm_trace_start(1));
-    const size_t sizes[] = {0, 1, 15, 16, 17, 100, 480, 495, 496, 497, 512, 513, 4096};
+    const size_t sizes[] = {0,   1,   15,  16,  17,  100, 480, 481,
+                            490, 495, 496, 497, 505, 512, 513, 4096};
     std::vector<void *> blocks;
     size_t sum = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
@@ -57,6 +86,11 @@ TEST_F(TraceInBlockTest, SmallBlocksCarryTheirTraceAndLargeOnesDoNot) {
         ASSERT_NE(nullptr, p);
         EXPECT_EQ(0u, (uintptr_t)p % 16) << sizes[i];
         EXPECT_EQ(sizes[i] <= PM_TRACED_MAX_REQUEST, FromTracedHeap(p)) << sizes[i];
+        if (sizes[i] > PM_TRACED_MAX_IN_BLOCK && sizes[i] <= PM_TRACED_MAX_REQUEST) {
+            const pm_pool *pool = pm_pool_of(p);
+            EXPECT_EQ(PM_TRACED_CLASS_BESIDE, pool->size_class) << sizes[i];
+            EXPECT_EQ(0u, ((uintptr_t)p - pool->memory) % PM_SMALL_REQUEST_THRESHOLD) << sizes[i];
+        }
         memset(p, 0xA5, sizes[i]);  // every byte asked for is the caller's (ASan checks)
         pm_domain domain = i % 2 ? PM_DOMAIN_MEM : PM_DOMAIN_OBJ;
         pm_domain other = i % 2 ? PM_DOMAIN_OBJ : PM_DOMAIN_MEM;
@@ -66,6 +100,11 @@ TEST_F(TraceInBlockTest, SmallBlocksCarryTheirTraceAndLargeOnesDoNot) {
         EXPECT_EQ(sum, Current());
         blocks.push_back(p);
     }
+    pm_trace_snapshot *snapshot = pm_trace_take_snapshot();
+    ASSERT_NE(nullptr, snapshot);
+    EXPECT_EQ(sum, pm_trace_snapshot_size(snapshot));
+    EXPECT_EQ(blocks.size(), pm_trace_snapshot_count(snapshot));
+    pm_trace_snapshot_free(snapshot);
     ExpectHeapConsistent();
     for (size_t i = 0; i < blocks.size(); i++) {
         if (i % 2) {
@@ -92,26 +131,26 @@ TEST_F(TraceInBlockTest, CallocZeroesAndReallocKeepsContentsAndRetraces) {
     for (size_t i = 0; i < 300; i++) ASSERT_EQ(0, p[i]) << i;
     for (size_t i = 0; i < 300; i++) p[i] = (uint8_t)i;
     EXPECT_EQ(300u, Current());
-    // Within the block's class (300 + 16 bytes: class of 320), to another class, to the raw
-    // domain, and back: contents kept up to the smaller size, the trace follows.
-    const size_t steps[] = {290, 20, 200, 1000, 60, 0, 33};
+    // Within the block's class (300 + 16 bytes: class of 320), to other classes, into,
+    // within and out of the class whose records sit beside (481-512 bytes), to the raw
+    // domain, and back: contents kept up to the smaller size, the trace follows. A traced
+    // heap's block stays in place exactly when its class does.
+    enum placement { MOVES, STAYS, RAW };
+    const struct {
+        size_t size;
+        placement where;
+    } steps[] = {{290, STAYS}, {20, MOVES},  {200, MOVES},  {500, MOVES}, {490, STAYS},
+                 {512, STAYS}, {480, MOVES}, {505, MOVES},  {1000, RAW},  {60, RAW},
+                 {0, RAW},     {33, RAW}};
     size_t kept = 300;
-    bool went_raw = false;
     for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
-        Frame frame("realloc.py", 10 + i);
-        uint8_t *q = static_cast<uint8_t *>(pm_obj_realloc(p, steps[i]));
-        ASSERT_NE(nullptr, q) << steps[i];
-        kept = kept < steps[i] ? kept : steps[i];
-        for (size_t j = 0; j < kept; j++) {
-            ASSERT_EQ((uint8_t)j, q[j]) << "byte " << j << " at " << steps[i];
-        }
-        for (size_t j = kept; j < steps[i]; j++) q[j] = (uint8_t)j;
-        kept = steps[i];
+        uint8_t *q = ReallocKeepingContents(p, kept, steps[i].size, (long)(10 + i));
+        kept = steps[i].size;
         // A block that went to the raw domain stays there, as pymalloc's realloc keeps it.
-        went_raw = went_raw || steps[i] > PM_TRACED_MAX_REQUEST;
-        EXPECT_EQ(!went_raw, FromTracedHeap(q)) << steps[i];
-        EXPECT_EQ(steps[i], Current()) << steps[i];
-        EXPECT_EQ((long)(10 + i), TracedLine(PM_DOMAIN_OBJ, q)) << steps[i];
+        EXPECT_EQ(steps[i].where != RAW, FromTracedHeap(q)) << steps[i].size;
+        if (steps[i].where != RAW) {
+            EXPECT_EQ(steps[i].where == STAYS, q == p) << steps[i].size;
+        }
         p = q;
     }
     pm_obj_free(p);
@@ -272,6 +311,28 @@ TEST_F(TraceInBlockTest, TrackReplacesTheRecordsTraceAndUntrackRemovesIt) {
     EXPECT_EQ(0u, Current());
 }
 
+// Pools of the largest class fill, empty (their marks and records go back, zeroed) and are
+// taken again: counts, snapshots and the heap stay exact.
+TEST_F(TraceInBlockTest, PoolsWithRecordsBesideGoBackAndAreTakenAgain) {
+    GilScope gil;
+    ASSERT_EQ(0, pm_trace_start(1));
+    Frame frame("refill.py", 1);
+    const size_t per_pool = PM_POOL_SIZE / PM_SMALL_REQUEST_THRESHOLD;
+    for (int round = 0; round < 3; round++) {
+        std::vector<void *> blocks;
+        for (size_t i = 0; i < 3 * per_pool + 1; i++) blocks.push_back(pm_obj_malloc(500));
+        EXPECT_EQ(blocks.size() * 500, Current());
+        pm_trace_snapshot *snapshot = pm_trace_take_snapshot();
+        ASSERT_NE(nullptr, snapshot);
+        EXPECT_EQ(blocks.size(), pm_trace_snapshot_count(snapshot));
+        pm_trace_snapshot_free(snapshot);
+        ExpectHeapConsistent();
+        for (void *p : blocks) pm_obj_free(p);
+        EXPECT_EQ(0u, Current());
+        ExpectHeapConsistent();
+    }
+}
+
 // The size of a traced heap's block is said by its mark (the block's slack) when it can
 // be, else by its record: every size tracked on a block leaves the count exactly at free,
 // and a snapshot sees the same sizes.
@@ -281,19 +342,22 @@ TEST_F(TraceInBlockTest, TrackedSizesLeaveTheCountExactlyWhateverTheirSlack) {
     Frame frame("slack.py", 1);
     void *other = pm_obj_malloc(7);  // keeps the class's pool in the heap
     ASSERT_TRUE(FromTracedHeap(other));
-    // A 400-byte request has 400 usable bytes: slack 253 is the last a mark can say.
-    const size_t sizes[] = {400, 399, 147, 146, 1, 0, 496, 5000, (size_t)1 << 40};
-    for (size_t size : sizes) {
-        void *p = pm_obj_malloc(400);
-        ASSERT_TRUE(FromTracedHeap(p));
-        ASSERT_EQ(0, pm_trace_track(PM_DOMAIN_OBJ, (uintptr_t)p, size)) << size;
-        EXPECT_EQ(7 + size, Current()) << size;
-        pm_trace_snapshot *snapshot = pm_trace_take_snapshot();
-        ASSERT_NE(nullptr, snapshot);
-        EXPECT_EQ(7 + size, pm_trace_snapshot_size(snapshot)) << size;
-        pm_trace_snapshot_free(snapshot);
-        pm_obj_free(p);
-        EXPECT_EQ(7u, Current()) << size;
+    // A 400-byte request has 400 usable bytes: slack 253 is the last a mark can say; a
+    // 500-byte one, whose record sits beside, 512: slack 253 is 259 bytes.
+    const size_t sizes[] = {400, 399, 259, 258, 147, 146, 1, 0, 496, 5000, (size_t)1 << 40};
+    for (size_t request : {400, 500}) {
+        for (size_t size : sizes) {
+            void *p = pm_obj_malloc(request);
+            ASSERT_TRUE(FromTracedHeap(p));
+            ASSERT_EQ(0, pm_trace_track(PM_DOMAIN_OBJ, (uintptr_t)p, size)) << size;
+            EXPECT_EQ(7 + size, Current()) << request << " " << size;
+            pm_trace_snapshot *snapshot = pm_trace_take_snapshot();
+            ASSERT_NE(nullptr, snapshot);
+            EXPECT_EQ(7 + size, pm_trace_snapshot_size(snapshot)) << request << " " << size;
+            pm_trace_snapshot_free(snapshot);
+            pm_obj_free(p);
+            EXPECT_EQ(7u, Current()) << request << " " << size;
+        }
     }
     pm_obj_free(other);
     EXPECT_EQ(0u, Current());

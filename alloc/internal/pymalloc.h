@@ -209,24 +209,36 @@ extern pm_heap pm_main_heap;
 
 /* The traced heap: while the tracer traces every call of a mem or object domain over
  * pymalloc in GIL mode without thread caches (alloc/trace.c, "Records in blocks"), each small
- * traced block comes from here, PM_TRACE_RECORD_BYTES larger than asked, with the tracer's
- * record in its first bytes and the caller's pointer just after it. Free's owner test fails
- * for its pools (the calling thread's heap is pm_main_heap), so every free of such a block
+ * traced block comes from here. Up to PM_TRACED_MAX_IN_BLOCK bytes, the block is
+ * PM_TRACE_RECORD_BYTES larger than asked, with the tracer's record in its first bytes and
+ * the caller's pointer just after it; larger ones take the largest class, whose pools keep
+ * their records beside the pool and hand out the block itself. Free's owner test fails for
+ * its pools (the calling thread's heap is pm_main_heap), so every free of such a block
  * reaches pm_pymalloc_free_other_heap, which hands it to pm_trace_free_in_block. Protected
  * by the GIL, like the main heap. */
 extern pm_heap pm_traced_heap;
 #define PM_TRACE_RECORD_BYTES 16
-#define PM_TRACED_MAX_REQUEST (PM_SMALL_REQUEST_THRESHOLD - PM_TRACE_RECORD_BYTES)
+#define PM_TRACED_MAX_REQUEST PM_SMALL_REQUEST_THRESHOLD
+#define PM_TRACED_CLASS_BESIDE (PM_NUM_CLASSES - 1)
+#define PM_TRACED_MAX_IN_BLOCK (PM_SMALL_REQUEST_THRESHOLD - 2 * PM_TRACE_RECORD_BYTES)
+static_assert(PM_TRACE_RECORD_BYTES == PM_ALIGNMENT, "a record is one class");
 
 static inline pm_heap *pm_pool_owner(const pm_pool *pool) {
     return (pm_heap *)pm_atomic_load_ptr_acquire(&pool->owner);
+}
+
+/* Whether the blocks of `pool`, a traced heap's pool, have the tracer's record in front. */
+static inline bool pm_traced_pool_records_in_block(const pm_pool *pool) {
+    return pool->size_class != PM_TRACED_CLASS_BESIDE;
 }
 
 /* Bytes the caller may use of a block of `pool`: the block, less the tracer's record in
  * front of a traced heap's blocks. */
 static inline size_t pm_pool_usable_size(const pm_pool *pool) {
     size_t size = pm_class_block_size(pool->size_class);
-    return pm_pool_owner(pool) == &pm_traced_heap ? size - PM_TRACE_RECORD_BYTES : size;
+    return pm_pool_owner(pool) == &pm_traced_heap && pm_traced_pool_records_in_block(pool)
+               ? size - PM_TRACE_RECORD_BYTES
+               : size;
 }
 
 /* The owner as its owner sees it: a plain load, for the slow paths of the thread that owns
