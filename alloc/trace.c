@@ -195,8 +195,9 @@
  * down on free, which its bound needs, made it +216. Records beside for 481-512 bytes,
  * which had gone to the table, made it +204 and 2.52x -> 2.40x (medians of 41 interleaved
  * runs); skipping the traceback cache altogether (a fixed traceback, the provider still
- * called) took only 0.07x more off. README's Tracing section lists what taking parts out
- * showed and what reaching 2x would take.
+ * called) took only 0.07x more off. Taking the marks out would take 0.26x off, but the
+ * exact way to do it, a traced heap per slack value so that the pool says the size, took
+ * a prototype to 2.14x with 21% more memory (README's Tracing section has the figures).
  * trace_cost --decref reads each block before its free, as a runtime's decref does: the
  * untraced step grows by ~20 ns, the traced one by ~90 (3.4-3.7x, before the cheaper
  * cache). With the table, full tracing with one
