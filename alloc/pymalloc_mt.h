@@ -357,8 +357,8 @@ PM_API int pm_trace_set_frame_provider(pm_trace_frame_provider fn, void *ctx);
  * In GIL mode without thread caches, a mem or object block of up to 480 bytes traced by
  * such a session is 16 bytes larger than asked (the trace lives in it, see alloc/trace.c),
  * and one of 481 to 512 bytes is a 512-byte block (its trace lives beside its pool);
- * and pm_trace_stop, pm_trace_clear_traces, snapshots, and track/untrack of such a block
- * take the GIL when the calling thread does not hold it. */
+ * and pm_trace_stop, pm_trace_clear_traces, pm_trace_reset_peak, snapshots, and
+ * track/untrack of such a block take the GIL when the calling thread does not hold it. */
 PM_API int pm_trace_start(int nframes) PM_GIL_REQUIRED;
 
 /* Starts tracing a sample of allocations: on average one per mean_bytes bytes allocated

@@ -148,8 +148,8 @@
  *   - snapshots walk the traced heap's pools: a block carved and not on its pool's free
  *     list is live, and its record counts if its mark is set.
  * Everything here runs under the GIL: the mem and object domains require it, and stop,
- * clear, snapshots and track/untrack of such a block take it when the caller does not hold
- * it (hold_gil_for_records). Free-threaded mode and thread caches keep the tables: records
+ * clear, reset_peak, snapshots and track/untrack of such a block take it when the caller
+ * does not hold it (hold_gil_for_records). Free-threaded mode and thread caches keep the tables: records
  * there would need a traced heap per thread and snapshots of other threads' pools.
  *
  * Native tracebacks. backtrace(3), then skip the tracer's own frames and the library's
@@ -1277,8 +1277,8 @@ static inline size_t traced_usable_size(const pm_pool *pool) {
  * up for the record in front (0 bytes take 1, so that the caller's pointer stays inside
  * the block, where the arena map finds its pool), or the class whose records sit beside. */
 static inline size_t traced_class(size_t size) {
-    return size > PM_TRACED_MAX_IN_BLOCK ? PM_TRACED_CLASS_BESIDE
-                                         : pm_size_class((size != 0 ? size : 1) + PM_TRACE_RECORD_BYTES);
+    if (size > PM_TRACED_MAX_IN_BLOCK) return PM_TRACED_CLASS_BESIDE;
+    return pm_size_class((size != 0 ? size : 1) + PM_TRACE_RECORD_BYTES);
 }
 
 static inline uint8_t mark_for(const pm_pool *pool, size_t size) {
@@ -2197,11 +2197,15 @@ void pm_trace_get_traced_memory(size_t *current, size_t *peak) {
 }
 
 void pm_trace_reset_peak(void) {
-    if (!pm_trace_is_tracing()) return;
+    size_t session = pm_atomic_load_size_acquire(&active_session);
+    if (session == 0) return;
+    /* The records' count and trigger change only under the GIL (in_block_add). */
+    bool gil_taken = (session & IN_BLOCK_SESSION) && hold_gil_for_records();
     tls.peak_growth = 0;
     pm_atomic_store_size_relaxed(&in_block_peak_trigger,
                                  pm_atomic_load_size_relaxed(&in_block_current) + PEAK_CHECK_BYTES);
     pm_atomic_store_size_relaxed(&peak_bytes, current_bytes());
+    release_gil_for_records(gil_taken);
 }
 
 void pm_trace_clear_traces(void) {
